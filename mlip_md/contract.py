@@ -1,0 +1,157 @@
+"""The exported-model contract: the one place that defines the deployable file.
+
+An exported model is a single TorchScript file written by
+:func:`mlip_md.export`. ``torch.jit.load`` opens it without mlip_md (Python or
+C++ libtorch). Everything a consumer needs is here.
+
+Inputs of ``forward(species, edge_index, edge_vectors)``
+    ``species``       ``[N]`` int64   species index of each atom: position of its
+                                      element in ``metadata["species"]``.
+    ``edge_index``    ``[2, E]`` int64 rows ``(i, j)``, a *full* list: every pair
+                                      within ``metadata["cutoff"]`` appears as
+                                      (i, j) and (j, i). Any order; sorted by
+                                      ``i`` is fastest.
+    ``edge_vectors``  ``[E, 3]`` float ``r_ij = x_j − x_i`` (periodic image
+                                      included) in Å, dtype ``metadata["dtype"]``.
+
+Output
+    ``[M, N]`` float per-atom energies in eV, one row per ensemble member
+    (``M = metadata["ensemble_size"]``, 1 for a single model).
+
+Derived quantities (the caller differentiates with respect to edge vectors;
+``g_e = ∂E/∂r_e`` for the total energy E):
+    forces  F_k = Σ_{e: i_e = k} g_e − Σ_{e: j_e = k} g_e         (eV/Å)
+    virial  W = −Σ_e r_e ⊗ g_e,  stress σ = −W / V              (eV/Å³, ASE sign)
+
+Metadata: a JSON object stored as the extra file :data:`METADATA_FILE`
+with the keys of :data:`REQUIRED_METADATA` (see :func:`make_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List
+
+import torch
+
+FORMAT_NAME = "mlip_md.exported_model"
+FORMAT_VERSION = 1
+METADATA_FILE = "mlip_md_metadata.json"
+UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+REQUIRED_METADATA = (
+    "format",  # always FORMAT_NAME
+    "format_version",  # int, FORMAT_VERSION of the writer
+    "species",  # list of element symbols; index = species index
+    "cutoff",  # float, Å: edges longer than this contribute nothing
+    "n_interactions",  # int, message-passing layers (LAMMPS ghost shell = n · cutoff)
+    "dtype",  # "float32" or "float64", dtype of edge_vectors and outputs
+    "units",  # UNITS
+    "ensemble_size",  # int M, rows of the output
+)
+
+
+class ModelFileError(ValueError):
+    """An exported model file that cannot be used (not a model, bad metadata, wrong version)."""
+
+
+@dataclass
+class ExportedModel:
+    """A loaded exported model: the TorchScript module and its metadata."""
+
+    module: torch.jit.ScriptModule
+    metadata: Dict[str, Any]
+
+    @property
+    def species(self) -> List[str]:
+        return list(self.metadata["species"])
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.metadata["cutoff"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.metadata["dtype"]]
+
+    @property
+    def ensemble_size(self) -> int:
+        return int(self.metadata["ensemble_size"])
+
+
+def make_metadata(
+    species: List[str],
+    cutoff: float,
+    n_interactions: int,
+    dtype: str,
+    ensemble_size: int,
+    **extra: Any,
+) -> Dict[str, Any]:
+    """The metadata dictionary of an exported file; ``extra`` adds JSON-able keys."""
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "species": list(species),
+        "cutoff": float(cutoff),
+        "n_interactions": int(n_interactions),
+        "dtype": dtype,
+        "units": dict(UNITS),
+        "ensemble_size": int(ensemble_size),
+    }
+    metadata.update(extra)
+    return metadata
+
+
+def validate_metadata(metadata: Dict[str, Any], source: str) -> None:
+    """Raises :class:`ModelFileError` naming what is wrong with ``metadata``."""
+    if metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{source}: metadata format is {metadata.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{source}: model format version {version!r} is not supported; "
+            f"this mlip_md reads version {FORMAT_VERSION}. Re-export the model with a matching mlip_md."
+        )
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ModelFileError(f"{source}: metadata lacks the key(s) {missing}")
+    if metadata["dtype"] not in DTYPES:
+        raise ModelFileError(f"{source}: unknown dtype {metadata['dtype']!r}; expected one of {sorted(DTYPES)}")
+
+
+def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu") -> ExportedModel:
+    """Opens an exported model file and checks its metadata.
+
+    Raises FileNotFoundError for a missing file and :class:`ModelFileError`
+    for a file that is not a TorchScript model, has no mlip_md metadata, or
+    has an unknown format version.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    extra_files = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(path, map_location=device, _extra_files=extra_files)
+    except Exception as error:  # torch raises RuntimeError/ValueError/zipfile errors
+        raise ModelFileError(
+            f"{path} is not a readable TorchScript model file ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
+        ) from error
+    raw = extra_files[METADATA_FILE]
+    if not raw:
+        raise ModelFileError(
+            f"{path} is a TorchScript file without mlip_md metadata ({METADATA_FILE}); "
+            "write models with mlip_md.export"
+        )
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{path}: metadata is not valid JSON ({error})") from error
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path}: metadata is not a JSON object")
+    validate_metadata(metadata, path)
+    module.eval()
+    return ExportedModel(module, metadata)

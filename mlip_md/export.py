@@ -1,0 +1,106 @@
+"""Writes trained models as one deployable TorchScript file (see :mod:`mlip_md.contract`)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from typing import Any, Dict, List, Sequence, Union
+
+import torch
+from torch import nn
+
+from mlip_md import __version__
+from mlip_md.contract import DTYPES, METADATA_FILE, make_metadata
+from mlip_md.model.hipnn import HIPNN
+
+
+class DeployedEnsemble(nn.Module):
+    """M members sharing species and cutoff; forward returns ``[M, N]`` per-atom energies (eV)."""
+
+    def __init__(self, members: List[HIPNN]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.cutoff = members[0].cutoff
+
+    def forward(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> torch.Tensor:
+        # Edges beyond the cutoff contribute exactly zero; dropping them first
+        # keeps the padded layout small when a caller passes a skin.
+        keep = torch.linalg.vector_norm(edge_vectors, dim=1) < self.cutoff
+        if not bool(keep.all()):
+            edge_index = edge_index[:, keep]
+            edge_vectors = edge_vectors[keep]
+        energies: List[torch.Tensor] = []
+        layout = self.members[0].neighbor_layout(species, edge_index, edge_vectors)
+        for member in self.members:
+            energies.append(member.level_energies(layout).sum(0))
+        return torch.stack(energies)
+
+
+def _check_members(models: Sequence[HIPNN]) -> None:
+    if not models:
+        raise ValueError("export needs at least one model")
+    for model in models:
+        if not isinstance(model, HIPNN):
+            raise TypeError(f"export takes HIPNN models, got {type(model).__name__}")
+    first = models[0]
+    for index, model in enumerate(models[1:], start=1):
+        if model.species != first.species or model.cutoff != first.cutoff:
+            raise ValueError(
+                f"ensemble member {index} has species {model.species} and cutoff {model.cutoff}, "
+                f"member 0 has {first.species} and {first.cutoff}; members must agree"
+            )
+
+
+def export(
+    model: Union[HIPNN, Sequence[HIPNN]],
+    path: Union[str, os.PathLike],
+    dtype: str = "float64",
+    extra_metadata: Dict[str, Any] | None = None,
+) -> str:
+    """Writes one model, or a list of models as an ensemble, to one TorchScript file.
+
+    Args:
+        model: a :class:`HIPNN` or a list of them (ensemble members).
+        path: destination; written atomically (a crash never leaves a half file).
+        dtype: ``"float64"`` or ``"float32"``, the precision of the deployed model.
+        extra_metadata: JSON-able entries added to the metadata (e.g. training config).
+
+    Returns the absolute path written.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    _check_members(models)
+    members = []
+    for member in models:
+        member = copy.deepcopy(member).to(DTYPES[dtype]).eval()
+        for parameter in member.parameters():
+            parameter.requires_grad_(False)
+        members.append(member)
+    scripted = torch.jit.freeze(torch.jit.script(DeployedEnsemble(members).eval()))
+    metadata = make_metadata(
+        species=members[0].species,
+        cutoff=members[0].cutoff,
+        n_interactions=len(members[0].interactions),
+        dtype=dtype,
+        ensemble_size=len(members),
+        model_config=[m.config for m in members],
+        mlip_md_version=__version__,
+        **(extra_metadata or {}),
+    )
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".pt.partial")
+    os.close(handle)
+    try:
+        torch.jit.save(scripted, temporary, _extra_files={METADATA_FILE: json.dumps(metadata)})
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path

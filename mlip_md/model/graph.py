@@ -1,0 +1,64 @@
+"""Padded per-atom neighbour layout shared by all interaction layers.
+
+The model receives a flat edge list (see :mod:`mlip_md.contract`). Interaction
+layers sum over the neighbours of each atom; doing that as a dense batched
+matrix product over a padded ``[N, K]`` layout (``K`` = largest neighbour
+count) is several times faster on a CPU than scattering ``[E, n_sens, n_feat]``
+products, and its backward pass is again a batched product.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+
+class PaddedNeighbors(NamedTuple):
+    """Neighbours of every atom, padded to the largest neighbour count ``K``.
+
+    Padding slots point at atom 0 and carry the distance ``pad_distance``
+    (beyond the cutoff), so their sensitivities are exactly zero.
+    """
+
+    species: torch.Tensor  # [N] int64, index into the model's element list
+    neighbors: torch.Tensor  # [N, K] int64, neighbour atom index j
+    distances: torch.Tensor  # [N, K] float, |r_ij| in Å
+
+
+def pad_neighbors(
+    species: torch.Tensor,
+    edge_index: torch.Tensor,
+    edge_vectors: torch.Tensor,
+    pad_distance: float,
+) -> PaddedNeighbors:
+    """Builds the padded layout from ``edge_index`` ``[2, E]`` and ``edge_vectors`` ``[E, 3]``.
+
+    Edges may come in any order; they are sorted by the centre atom ``i`` when
+    they are not already. Distances stay differentiable with respect to
+    ``edge_vectors``.
+    """
+    n_atoms = species.shape[0]
+    centers = edge_index[0]
+    others = edge_index[1]
+    distances = torch.linalg.vector_norm(edge_vectors, dim=1)  # [E]
+    n_edges = centers.shape[0]
+    if n_edges > 1 and bool((centers[1:] < centers[:-1]).any()):
+        order = torch.argsort(centers, stable=True)
+        centers = centers[order]
+        others = others[order]
+        distances = distances[order]
+    counts = torch.bincount(centers, minlength=n_atoms)  # [N]
+    width = int(counts.max()) if n_atoms > 0 else 0
+    starts = torch.cumsum(counts, 0) - counts  # [N]
+    slots = torch.arange(n_edges, device=centers.device) - starts[centers]  # [E]
+    flat = centers * width + slots  # [E], position in the [N * K] layout
+    padded_distances = torch.full(
+        (n_atoms * width,), pad_distance, dtype=distances.dtype, device=distances.device
+    ).index_copy(0, flat, distances)
+    padded_neighbors = torch.zeros(
+        n_atoms * width, dtype=torch.long, device=centers.device
+    ).index_copy(0, flat, others)
+    return PaddedNeighbors(
+        species,
+        padded_neighbors.view(n_atoms, width),
+        padded_distances.view(n_atoms, width),
+    )

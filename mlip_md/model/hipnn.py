@@ -1,0 +1,133 @@
+"""HIP-NN: Hierarchically Interacting Particle Neural Network.
+
+Lubbers, Smith & Barros, J. Chem. Phys. 148, 241715 (2018).
+
+The network maps a species one-hot ``z⁰`` through ``n_interactions`` blocks,
+each an interaction layer followed by ``n_atom_layers`` dense layers. Every
+level ``n`` (0 = the one-hot, n ≥ 1 = the output of block n) has a linear
+energy read-out; the per-atom energy is the sum over levels,
+
+    E_i = Σ_n E_i⁽ⁿ⁾,   E_i⁽⁰⁾ = e_ref[species_i],   E_i⁽ⁿ⁾ = w_n · z_i⁽ⁿ⁾.
+
+The level-0 terms are the per-species reference energies (eV), normally fit
+by least squares on the training set before training the rest.
+"""
+
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from mlip_md.model.graph import PaddedNeighbors, pad_neighbors
+from mlip_md.model.layers import Interaction, make_activation
+from mlip_md.species import validate_species
+
+
+class HIPNN(nn.Module):
+    """A HIP-NN potential.
+
+    Args:
+        species: element symbols the model knows, e.g. ``["Al", "Cu"]``; their
+            order defines the species index used in the model's inputs.
+        n_interactions: number of interaction blocks (default 2).
+        n_features: width of the hidden atom features (default 20).
+        n_sensitivities: Gaussian sensitivities per interaction layer (default 20).
+        n_atom_layers: dense layers after each interaction layer (default 3).
+        cutoff: pair cutoff radius r_cut in Å (default 6.0).
+        dist_soft_min: smallest sensitivity centre in Å (default 0.85).
+        dist_soft_max: largest sensitivity centre in Å (default 0.8 · cutoff).
+        activation: ``"softplus"`` (default, as in the paper), ``"silu"``,
+            ``"celu"`` or ``"tanh"``; smooth, so forces and Hessians exist.
+
+    ``forward(species [N], edge_index [2, E], edge_vectors [E, 3])`` returns
+    per-atom energies ``[N]`` in eV; see :mod:`mlip_md.contract` for the edge
+    convention.
+    """
+
+    __jit_ignored_attributes__ = ["config"]
+
+    def __init__(
+        self,
+        species: List[str],
+        n_interactions: int = 2,
+        n_features: int = 20,
+        n_sensitivities: int = 20,
+        n_atom_layers: int = 3,
+        cutoff: float = 6.0,
+        dist_soft_min: float = 0.85,
+        dist_soft_max: float = -1.0,
+        activation: str = "softplus",
+    ):
+        super().__init__()
+        species = validate_species(species)
+        if n_interactions < 1:
+            raise ValueError(f"n_interactions must be at least 1, got {n_interactions}")
+        if n_features < 1 or n_atom_layers < 0:
+            raise ValueError(f"need n_features >= 1 and n_atom_layers >= 0, got {n_features}, {n_atom_layers}")
+        if dist_soft_max <= 0:
+            dist_soft_max = 0.8 * cutoff
+        self.config: Dict[str, object] = dict(
+            species=list(species),
+            n_interactions=int(n_interactions),
+            n_features=int(n_features),
+            n_sensitivities=int(n_sensitivities),
+            n_atom_layers=int(n_atom_layers),
+            cutoff=float(cutoff),
+            dist_soft_min=float(dist_soft_min),
+            dist_soft_max=float(dist_soft_max),
+            activation=str(activation),
+        )
+        self.species = list(species)
+        self.n_species = len(species)
+        self.cutoff = float(cutoff)
+        self.reference_energies = nn.Parameter(torch.zeros(self.n_species))  # [n_species], eV
+        self.interactions = nn.ModuleList()
+        self.atom_layers = nn.ModuleList()
+        self.readouts = nn.ModuleList()
+        n_in = self.n_species
+        for _ in range(n_interactions):
+            self.interactions.append(
+                Interaction(
+                    n_in, n_features, n_sensitivities, dist_soft_min, dist_soft_max, cutoff, activation
+                )
+            )
+            dense: List[nn.Module] = []
+            for _ in range(n_atom_layers):
+                dense += [nn.Linear(n_features, n_features), make_activation(activation)]
+            self.atom_layers.append(nn.Sequential(*dense))
+            self.readouts.append(nn.Linear(n_features, 1, bias=False))
+            n_in = n_features
+
+    def neighbor_layout(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> PaddedNeighbors:
+        """The padded neighbour layout of one structure (shared by ensemble members)."""
+        return pad_neighbors(species, edge_index, edge_vectors, 2.0 * self.cutoff)
+
+    def level_energies(self, graph: PaddedNeighbors) -> torch.Tensor:
+        """Per-atom energies of every hierarchy level, ``[n_interactions + 1, N]`` in eV."""
+        levels = [self.reference_energies[graph.species]]
+        features = nn.functional.one_hot(graph.species, self.n_species).to(self.reference_energies.dtype)
+        for interaction, dense, readout in zip(self.interactions, self.atom_layers, self.readouts):
+            features = dense(interaction(features, graph))  # [N, n_features]
+            levels.append(readout(features).squeeze(-1))
+        return torch.stack(levels)
+
+    def forward(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom energies ``[N]`` in eV."""
+        return self.level_energies(self.neighbor_layout(species, edge_index, edge_vectors)).sum(0)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.config.items())
+
+
+def hierarchicality(level_totals: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Hierarchicality regulariser of the paper, Σ_n≥1 E_n² / (E_n² + E_{n−1}² + eps).
+
+    ``level_totals`` ``[n_levels, B]``: energy of each level summed over the
+    atoms of each of B structures (eV). Returns the mean over structures.
+    """
+    squares = level_totals * level_totals
+    return (squares[1:] / (squares[1:] + squares[:-1] + eps)).sum(0).mean()

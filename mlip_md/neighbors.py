@@ -1,0 +1,81 @@
+"""Neighbour lists for periodic, partly periodic and open systems (via vesin).
+
+The edge convention used everywhere in mlip_md:
+
+* ``edge_index`` ``[2, E]`` int64, rows ``(i, j)``, sorted by ``i`` (then ``j``);
+  both directions of every pair are present (a *full* list).
+* ``shifts`` ``[E, 3]`` int64, integer cell translations such that the edge
+  vector is ``r_ij = x_j - x_i + shifts @ cell`` (Å).
+
+vesin's cell-list algorithm is O(N) and handles triclinic cells, any mix of
+periodic directions and cells smaller than the cutoff (several images of the
+same atom are then neighbours).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import vesin
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """A full neighbour list; see the module docstring for the convention."""
+
+    edge_index: np.ndarray  # [2, E] int64
+    shifts: np.ndarray  # [E, 3] int64
+    distances: np.ndarray  # [E] float64, Å
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+
+def _binning_box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """A non-degenerate box for vesin.
+
+    Periodic directions keep their cell vector. Along open directions no shift
+    is ever applied, so their vectors (which ASE allows to be zero) are
+    replaced by unit vectors orthogonal to the periodic ones.
+    """
+    if not pbc.any():
+        return np.zeros((3, 3))
+    box = np.array(cell, dtype=np.float64)
+    periodic = box[pbc]
+    if np.linalg.matrix_rank(periodic, tol=1e-9) < len(periodic):
+        raise ValueError(f"the cell {cell.tolist()} is degenerate along a periodic direction")
+    # The last right-singular vectors span the orthogonal complement.
+    _, _, vt = np.linalg.svd(np.vstack([periodic, np.zeros((3 - len(periodic), 3))]))
+    box[~pbc] = vt[len(periodic):]
+    return box
+
+
+def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float) -> Neighbors:
+    """Full neighbour list of all pairs closer than ``cutoff`` (Å).
+
+    Args:
+        positions: ``[N, 3]`` Cartesian positions in Å (need not be wrapped).
+        cell: ``[3, 3]`` cell vectors as rows, Å.
+        pbc: bool or three bools, periodicity along each cell vector.
+        cutoff: pair cutoff radius in Å (> 0).
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be positive, got {cutoff}")
+    box = _binning_box(np.asarray(cell, dtype=np.float64), pbc)
+    # Wrap periodic coordinates into the cell and remember the wrap so that the
+    # returned shifts refer to the caller's (unwrapped) positions.
+    wraps = np.zeros((len(positions), 3), dtype=np.int64)
+    if pbc.any():
+        fractional = np.linalg.solve(box.T, positions.T).T
+        wraps[:, pbc] = np.floor(fractional[:, pbc]).astype(np.int64)
+        positions = positions - wraps @ box
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True, sorted=True)
+    i, j, shifts, distances = calculator.compute(positions, box, pbc.tolist(), quantities="ijSd")
+    i = i.astype(np.int64)
+    j = j.astype(np.int64)
+    shifts = shifts.astype(np.int64) - wraps[j] + wraps[i]
+    return Neighbors(np.stack([i, j]), shifts, np.asarray(distances, dtype=np.float64))

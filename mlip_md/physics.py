@@ -1,0 +1,90 @@
+"""Forces, virials and Hessians from an exported model, as free functions.
+
+All functions take the exported TorchScript module (contract in
+:mod:`mlip_md.contract`) and plain tensors; they know nothing of ASE.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class EdgeResults(NamedTuple):
+    """Per-member results of one evaluation (M = ensemble size)."""
+
+    atom_energies: torch.Tensor  # [M, N] eV
+    forces: torch.Tensor  # [M, N, 3] eV/Å
+    virial: torch.Tensor  # [M, 3, 3] eV, W = −Σ_e r_e ⊗ ∂E/∂r_e
+
+
+def forces_from_edge_gradients(
+    edge_index: torch.Tensor, edge_gradients: torch.Tensor, n_atoms: int
+) -> torch.Tensor:
+    """F_k = Σ_{e: i_e=k} g_e − Σ_{e: j_e=k} g_e; ``edge_gradients`` ``[..., E, 3]`` → ``[..., N, 3]``."""
+    shape = edge_gradients.shape[:-2] + (n_atoms, 3)
+    forces = edge_gradients.new_zeros(shape)
+    forces.index_add_(-2, edge_index[0], edge_gradients)
+    forces.index_add_(-2, edge_index[1], -edge_gradients)
+    return forces
+
+
+def evaluate_edges(
+    module: torch.jit.ScriptModule,
+    species: torch.Tensor,
+    edge_index: torch.Tensor,
+    edge_vectors: torch.Tensor,
+) -> EdgeResults:
+    """Energies, forces and virials of every ensemble member.
+
+    ``edge_vectors`` ``[E, 3]`` in the model's dtype. One backward pass for a
+    single model; for M > 1 members one batched backward pass gives each
+    member's forces (needed for the force uncertainty).
+    """
+    edge_vectors = edge_vectors.detach().requires_grad_(True)
+    atom_energies = module(species, edge_index, edge_vectors)  # [M, N]
+    totals = atom_energies.sum(1)  # [M]
+    n_members = totals.shape[0]
+    if n_members == 1:
+        (gradients,) = torch.autograd.grad(totals, edge_vectors)
+        gradients = gradients.unsqueeze(0)  # [1, E, 3]
+    else:
+        (gradients,) = torch.autograd.grad(
+            totals, edge_vectors, grad_outputs=torch.eye(n_members, dtype=totals.dtype), is_grads_batched=True
+        )  # [M, E, 3]
+    forces = forces_from_edge_gradients(edge_index, gradients, species.shape[0])
+    virial = -torch.einsum("ea,meb->mab", edge_vectors.detach(), gradients)
+    return EdgeResults(atom_energies.detach(), forces, virial)
+
+
+def hessian(
+    module: torch.jit.ScriptModule,
+    species: torch.Tensor,
+    edge_index: torch.Tensor,
+    positions: torch.Tensor,
+    shift_vectors: torch.Tensor,
+    dtype: torch.dtype,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """Analytic Hessian ∂²E/∂x∂x of the ensemble-mean energy, ``[3N, 3N]`` in eV/Å².
+
+    ``positions`` ``[N, 3]`` and ``shift_vectors`` ``[E, 3]`` (image offsets
+    ``shifts @ cell``) in float64, Å. Rows are computed by batched
+    double-backward (``is_grads_batched``), ``chunk_size`` rows at a time.
+    """
+    positions = positions.detach().requires_grad_(True)
+    edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + shift_vectors
+    energy = module(species, edge_index, edge_vectors.to(dtype)).sum(1).mean()
+    (gradient,) = torch.autograd.grad(energy, positions, create_graph=True)
+    gradient = gradient.reshape(-1)  # [3N]
+    n = gradient.shape[0]
+    rows = []
+    identity = torch.eye(n, dtype=gradient.dtype)
+    for start in range(0, n, chunk_size):
+        probes = identity[start : start + chunk_size]
+        (block,) = torch.autograd.grad(
+            gradient, positions, grad_outputs=probes, retain_graph=True, is_grads_batched=True
+        )
+        rows.append(block.reshape(probes.shape[0], n))
+    return torch.cat(rows).to(torch.float64)
