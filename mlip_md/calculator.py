@@ -71,6 +71,7 @@ class MLIPCalculator(Calculator):
         self.device = torch.device(device)
         self.species_map = SpeciesMap(self.model.species)
         self.close_contact_factor = float(close_contact_factor)
+        self._warned_pairs: set = set()
 
     @property
     def metadata(self) -> dict:
@@ -100,6 +101,11 @@ class MLIPCalculator(Calculator):
         if (neighbors.distances[close] < 1e-8).any():
             pair = close[np.argmin(neighbors.distances[close])]
             raise ValueError(f"atoms {i[pair]} and {j[pair]} sit on top of each other (distance 0)")
+        # Warn once per pair, not at every MD step.
+        pairs = {(int(i[e]), int(j[e])) for e in close}
+        if pairs <= self._warned_pairs:
+            return
+        self._warned_pairs |= pairs
         symbols = atoms.get_chemical_symbols()
         pairs = ", ".join(
             f"{symbols[i[e]]}{i[e]}-{symbols[j[e]]}{j[e]} at {neighbors.distances[e]:.3f} Å" for e in close[:5]

@@ -29,8 +29,10 @@ with the keys of :data:`REQUIRED_METADATA` (see :func:`make_metadata`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
@@ -52,6 +54,18 @@ REQUIRED_METADATA = (
     "units",  # UNITS
     "ensemble_size",  # int M, rows of the output
 )
+
+
+@contextlib.contextmanager
+def quiet_torchscript():
+    """Silences torch's deprecation notices for TorchScript.
+
+    TorchScript is the format libtorch (and so the LAMMPS plugin) loads
+    without Python; torch ≥ 2.10 warns on every script/save/load call.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
+        yield
 
 
 class ModelFileError(ValueError):
@@ -134,7 +148,8 @@ def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu") -
         raise FileNotFoundError(f"model file not found: {path}")
     extra_files = {METADATA_FILE: ""}
     try:
-        module = torch.jit.load(path, map_location=device, _extra_files=extra_files)
+        with quiet_torchscript():
+            module = torch.jit.load(path, map_location=device, _extra_files=extra_files)
     except Exception as error:  # torch raises RuntimeError/ValueError/zipfile errors
         raise ModelFileError(
             f"{path} is not a readable TorchScript model file ({type(error).__name__}: "

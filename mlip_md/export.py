@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mlip_md import __version__
-from mlip_md.contract import DTYPES, METADATA_FILE, make_metadata
+from mlip_md.contract import DTYPES, METADATA_FILE, make_metadata, quiet_torchscript
 from mlip_md.model.hipnn import HIPNN
 
 
@@ -81,7 +81,8 @@ def export(
         for parameter in member.parameters():
             parameter.requires_grad_(False)
         members.append(member)
-    scripted = torch.jit.freeze(torch.jit.script(DeployedEnsemble(members).eval()))
+    with quiet_torchscript():
+        scripted = torch.jit.freeze(torch.jit.script(DeployedEnsemble(members).eval()))
     metadata = make_metadata(
         species=members[0].species,
         cutoff=members[0].cutoff,
@@ -98,7 +99,8 @@ def export(
     handle, temporary = tempfile.mkstemp(dir=directory, suffix=".pt.partial")
     os.close(handle)
     try:
-        torch.jit.save(scripted, temporary, _extra_files={METADATA_FILE: json.dumps(metadata)})
+        with quiet_torchscript():
+            torch.jit.save(scripted, temporary, _extra_files={METADATA_FILE: json.dumps(metadata)})
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

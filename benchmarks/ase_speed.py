@@ -1,0 +1,331 @@
+"""Energy + forces cost per atom-step through ASE calculators: mlip_md vs hippynn.
+
+What is measured
+----------------
+Wall time of one ``atoms.get_forces()`` call (energy, forces and, for these
+periodic cells, stress, in one pass) on rattled fcc aluminium
+(a = 4.05 Å, cubic cell replicated k×k×k, 4k³ atoms, rattle σ = 0.05 Å,
+fixed seed), one CPU thread, reported as the median over ``--repeats`` calls
+divided by the number of atoms: µs per atom-step.
+
+Calculators (same architecture, random weights):
+
+* ``ours f32`` / ``ours f64``: ``mlip_md.HIPNN`` (2 interaction blocks,
+  20 features, 20 sensitivities, 3 atom layers, cutoff 6 Å) written with
+  ``mlip_md.export(dtype=...)`` and served by ``mlip_md.MLIPCalculator``. It
+  builds a fresh neighbour list (vesin, 6 Å) on every call.
+* ``hippynn f32`` / ``hippynn f64``: hippynn's ``Hipnn`` + ``HEnergy`` graph
+  (see :func:`hippynn_energy_node`) behind
+  ``hippynn.interfaces.ase_interface.HippynnCalculator`` with its default
+  ``skin=1.0``: its ASE neighbour list holds pairs within cutoff + 2·skin and
+  is rebuilt only once some atom has moved more than ``skin``, so with the
+  small per-call moves used here it is built once, during warm-up.
+* ``hippynn f32 skin=0``: the same calculator with ``skin=0``, which rebuilds
+  its (6 Å) neighbour list on every call, as ours does.
+
+Before every call the atoms are moved by a random displacement (σ = 1e-3 Å,
+the same for every calculator) so nothing is served from a cache. Each
+repetition runs every calculator once, in an order rotated from one
+repetition to the next, so machine noise hits all of them alike. Three
+warm-up calls per calculator precede the timed ones.
+
+Also timed (median of ``--repeats``): building our neighbour list alone
+(``mlip_md.neighbors.neighbor_list``, shown as a fraction of our step) and
+one full rebuild of hippynn's default (skin=1.0) neighbour list, the cost its
+skin amortises over the steps between rebuilds.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/ase_speed.py [--sizes 108 500 2048] [--repeats 7] [--no-hippynn]
+
+Prints a table and writes ``benchmarks/results/ase_speed.json``.
+"""
+
+import os
+
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"  # before torch is imported
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import ase  # noqa: E402
+import ase.units  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from ase.build import bulk  # noqa: E402
+
+import mlip_md  # noqa: E402
+from mlip_md.neighbors import neighbor_list  # noqa: E402
+
+torch.set_num_threads(1)
+
+CUTOFF = 6.0  # Å
+OUR_ARCHITECTURE = dict(n_interactions=2, n_features=20, n_sensitivities=20, n_atom_layers=3, cutoff=CUTOFF)
+HIPPYNN_ARCHITECTURE = dict(
+    possible_species=[0, 13],  # 0 is hippynn's padding species
+    n_interaction_layers=2,
+    n_features=20,
+    n_sensitivities=20,
+    n_atom_layers=3,
+    dist_soft_min=0.85,
+    dist_soft_max=4.8,  # = 0.8 * cutoff, mlip_md's default
+    dist_hard_max=CUTOFF,
+    resnet=False,  # plain HIP-NN layers, as in mlip_md (hippynn's default is True)
+)
+LATTICE = 4.05  # Å
+RATTLE = 0.05  # Å
+MOVE = 1e-3  # Å, σ of the displacement applied before every call
+WARMUP = 3
+SEED = 0
+RESULTS_FILE = Path(__file__).resolve().parent / "results" / "ase_speed.json"
+
+
+# -- systems and calculators ---------------------------------------------------
+
+
+def fcc_aluminium(n_atoms: int) -> ase.Atoms:
+    """Rattled fcc Al with ``n_atoms`` = 4k³ atoms (cubic cell repeated k×k×k)."""
+    k = round((n_atoms / 4) ** (1 / 3))
+    if 4 * k**3 != n_atoms:
+        raise SystemExit(f"--sizes: {n_atoms} is not 4k³ (108, 256, 500, 864, 1372, 2048, ...)")
+    atoms = bulk("Al", "fcc", a=LATTICE, cubic=True) * (k, k, k)
+    atoms.rattle(stdev=RATTLE, seed=SEED)
+    return atoms
+
+
+def export_ours(directory: str) -> dict:
+    """Exports one random-weight mlip_md model in both precisions; returns {dtype: path}."""
+    torch.manual_seed(SEED)
+    model = mlip_md.HIPNN(species=["Al"], **OUR_ARCHITECTURE)
+    return {dtype: mlip_md.export(model, Path(directory) / f"al_{dtype}.pt", dtype=dtype) for dtype in ("float32", "float64")}
+
+
+def import_hippynn():
+    """hippynn's version string, or None (with a message) when it cannot be imported."""
+    try:
+        with warnings.catch_warnings():
+            # On CPU-only installs hippynn warns that no custom kernels (numba, ...) exist.
+            warnings.simplefilter("ignore")
+            import hippynn
+            import hippynn.interfaces.ase_interface  # noqa: F401
+    except ImportError as error:
+        print(f"hippynn is not importable ({error}); measuring mlip_md only.\n")
+        return None
+    return hippynn.__version__
+
+
+def hippynn_energy_node():
+    """hippynn graph: species, positions, cell -> Hipnn -> HEnergy (random weights)."""
+    from hippynn.graphs import inputs, networks, targets
+
+    species = inputs.SpeciesNode(db_name="Z")
+    positions = inputs.PositionsNode(db_name="R")
+    cell = inputs.CellNode(db_name="C")
+    network = networks.Hipnn(
+        "HIPNN", (species, positions, cell), periodic=True, module_kwargs=dict(HIPPYNN_ARCHITECTURE)
+    )
+    return targets.HEnergyNode("HEnergy", network)
+
+
+def hippynn_calculator(dtype: str, skin: float):
+    """HippynnCalculator on a fresh graph (same seed, so same weights), in ``dtype``."""
+    from hippynn.interfaces.ase_interface import HippynnCalculator
+
+    torch.manual_seed(SEED)
+    calculator = HippynnCalculator(hippynn_energy_node(), skin=skin, en_unit=ase.units.eV)
+    return calculator.to(getattr(torch, dtype))
+
+
+def calculator_factories(model_paths: dict, with_hippynn: bool) -> dict:
+    """{label: zero-argument function returning a fresh calculator}."""
+    factories = {
+        "ours f32": lambda: mlip_md.MLIPCalculator(model_paths["float32"]),
+        "ours f64": lambda: mlip_md.MLIPCalculator(model_paths["float64"]),
+    }
+    if with_hippynn:
+        factories["hippynn f32"] = lambda: hippynn_calculator("float32", skin=1.0)
+        factories["hippynn f64"] = lambda: hippynn_calculator("float64", skin=1.0)
+        factories["hippynn f32 skin=0"] = lambda: hippynn_calculator("float32", skin=0.0)
+    return factories
+
+
+# -- timing ----------------------------------------------------------------------
+
+
+def timed_forces(atoms: ase.Atoms) -> float:
+    """Seconds for one ``atoms.get_forces()``; checks the forces are finite."""
+    start = time.perf_counter()
+    forces = atoms.get_forces()
+    elapsed = time.perf_counter() - start
+    if not np.isfinite(forces).all():
+        raise RuntimeError(f"{atoms.calc.__class__.__name__} returned non-finite forces")
+    return elapsed
+
+
+def time_steps(systems: dict, repeats: int, rng: np.random.Generator) -> dict:
+    """Interleaved step timings: {label: [seconds, ...]} (warm-up calls dropped)."""
+    labels = list(systems)
+    times = {label: [] for label in labels}
+    for repetition in range(WARMUP + repeats):
+        move = rng.normal(0.0, MOVE, size=(len(systems[labels[0]]), 3))
+        rotation = repetition % len(labels)
+        for label in labels[rotation:] + labels[:rotation]:
+            atoms = systems[label]
+            atoms.positions = atoms.positions + move
+            elapsed = timed_forces(atoms)
+            if repetition >= WARMUP:
+                times[label].append(elapsed)
+    return times
+
+
+def median_seconds(function, repeats: int) -> float:
+    """Median wall time of ``function()`` over ``repeats`` calls (after one warm-up)."""
+    function()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def neighbor_costs(atoms: ase.Atoms, hippynn_calc, repeats: int) -> dict:
+    """Median seconds to build our neighbour list and (if given) hippynn's skin=1 list."""
+    ours = lambda: neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, CUTOFF)  # noqa: E731
+    costs = {"ours_nl_s": median_seconds(ours, repeats), "ours_pairs_per_atom": ours().n_edges / len(atoms)}
+    if hippynn_calc is not None:
+        primitive = hippynn_calc.nl.nl
+        rebuild = lambda: primitive.build(atoms.pbc, atoms.cell.complete(), atoms.positions)  # noqa: E731
+        costs["hippynn_nl_rebuild_s"] = median_seconds(rebuild, repeats)
+        costs["hippynn_pairs_per_atom"] = len(primitive.pair_first) / len(atoms)
+    return costs
+
+
+def measure_size(n_atoms: int, factories: dict, repeats: int, rng: np.random.Generator) -> dict:
+    """All measurements for one system size."""
+    base = fcc_aluminium(n_atoms)
+    systems = {}
+    for label, make in factories.items():
+        systems[label] = base.copy()
+        systems[label].calc = make()
+    times = time_steps(systems, repeats, rng)
+    result = {
+        "n_atoms": n_atoms,
+        "us_per_atom_step": {label: 1e6 * statistics.median(t) / n_atoms for label, t in times.items()},
+        "step_times_s": times,
+    }
+    hippynn_calc = systems["hippynn f32"].calc if "hippynn f32" in systems else None
+    if hippynn_calc is not None:
+        # Builds of hippynn's default list over warm-up + timed calls (1 = never rebuilt after the first call).
+        result["hippynn_nl_builds"] = hippynn_calc.nl.nupdates
+    result.update(neighbor_costs(base, hippynn_calc, repeats))
+    return result
+
+
+# -- summary and output -----------------------------------------------------------
+
+
+def summarise(per_size: list) -> dict:
+    """Ratios hippynn/ours per size, neighbour-list fractions and growth with size."""
+    summary = {"ratio_hippynn_over_ours": {}, "ours_nl_fraction_of_step": {}, "growth_largest_over_smallest": {}}
+    pairs = [("hippynn f32", "ours f32"), ("hippynn f64", "ours f64"), ("hippynn f32 skin=0", "ours f32")]
+    for size in per_size:
+        cost = size["us_per_atom_step"]
+        n = str(size["n_atoms"])
+        summary["ratio_hippynn_over_ours"][n] = {
+            f"{theirs} / {ours}": cost[theirs] / cost[ours] for theirs, ours in pairs if theirs in cost
+        }
+        nl_us = 1e6 * size["ours_nl_s"] / size["n_atoms"]
+        summary["ours_nl_fraction_of_step"][n] = {label: nl_us / cost[label] for label in ("ours f32", "ours f64")}
+    first, last = per_size[0]["us_per_atom_step"], per_size[-1]["us_per_atom_step"]
+    summary["growth_largest_over_smallest"] = {label: last[label] / first[label] for label in first}
+    return summary
+
+
+def print_table(per_size: list, summary: dict) -> None:
+    sizes = [size["n_atoms"] for size in per_size]
+    label_width = 40
+    header = f"{'µs per atom-step (median)':<{label_width}}" + "".join(f"{n:>11d}" for n in sizes)
+    growth_header = f"   {sizes[-1]}/{sizes[0]}" if len(sizes) > 1 else ""
+    print(header + growth_header)
+    print("-" * (len(header) + len(growth_header)))
+    for label in per_size[0]["us_per_atom_step"]:
+        row = "".join(f"{size['us_per_atom_step'][label]:11.1f}" for size in per_size)
+        growth = f"   {summary['growth_largest_over_smallest'][label]:8.2f}" if len(sizes) > 1 else ""
+        print(f"{label:<{label_width}}{row}{growth}")
+    print()
+    print(f"{'our neighbour list alone (µs/atom)':<{label_width}}" + "".join(f"{1e6 * s['ours_nl_s'] / s['n_atoms']:11.1f}" for s in per_size))
+    for label in ("ours f32", "ours f64"):
+        print(f"{'  fraction of ' + label + ' step':<{label_width}}" + "".join(f"{summary['ours_nl_fraction_of_step'][str(n)][label]:11.1%}" for n in sizes))
+    print(f"{'our pairs per atom (6 Å, full)':<{label_width}}" + "".join(f"{s['ours_pairs_per_atom']:11.1f}" for s in per_size))
+    if "hippynn_nl_rebuild_s" in per_size[0]:
+        print(f"{'hippynn NL rebuild, skin=1 (µs/atom)':<{label_width}}" + "".join(f"{1e6 * s['hippynn_nl_rebuild_s'] / s['n_atoms']:11.1f}" for s in per_size))
+        print(f"{'hippynn pairs per atom (8 Å list)':<{label_width}}" + "".join(f"{s['hippynn_pairs_per_atom']:11.1f}" for s in per_size))
+        print(f"{'hippynn NL builds, skin=1 (all calls)':<{label_width}}" + "".join(f"{s['hippynn_nl_builds']:11d}" for s in per_size))
+        print()
+        for ratio in summary["ratio_hippynn_over_ours"][str(sizes[0])]:
+            print(f"{ratio:<{label_width}}" + "".join(f"{summary['ratio_hippynn_over_ours'][str(n)][ratio]:11.2f}" for n in sizes))
+
+
+def environment(hippynn_version) -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ase": ase.__version__,
+        "mlip_md": mlip_md.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "load_average_at_start": os.getloadavg(),
+    }
+    if hippynn_version is not None:
+        from hippynn import custom_kernels
+
+        info["hippynn"] = hippynn_version
+        info["hippynn_custom_kernels"] = custom_kernels.CUSTOM_KERNELS_ACTIVE
+    return info
+
+
+def parse_arguments():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[108, 500, 2048], help="atom counts, 4k³ each")
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per calculator and size")
+    parser.add_argument("--no-hippynn", action="store_true", help="measure mlip_md only")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_arguments()
+    hippynn_version = None if args.no_hippynn else import_hippynn()
+    info = environment(hippynn_version)
+    print(f"torch {info['torch']}, {info['torch_threads']} thread(s); hippynn {info.get('hippynn', '-')} "
+          f"(custom kernels: {info.get('hippynn_custom_kernels', '-')}); load average {info['load_average_at_start'][0]:.2f}")
+    print(f"fcc Al, rattle {RATTLE} Å, move {MOVE} Å per call, {WARMUP} warm-up + {args.repeats} timed calls\n")
+    rng = np.random.default_rng(SEED)
+    with tempfile.TemporaryDirectory() as directory:
+        factories = calculator_factories(export_ours(directory), hippynn_version is not None)
+        per_size = [measure_size(n, factories, args.repeats, rng) for n in sorted(args.sizes)]
+    summary = summarise(per_size)
+    print_table(per_size, summary)
+    info["load_average_at_end"] = os.getloadavg()
+    report = {
+        "description": "energy+forces(+stress) per ASE get_forces() call, median µs per atom-step",
+        "settings": dict(cutoff=CUTOFF, lattice=LATTICE, rattle=RATTLE, move=MOVE, warmup=WARMUP,
+                         repeats=args.repeats, seed=SEED, ours=OUR_ARCHITECTURE, hippynn=HIPPYNN_ARCHITECTURE),
+        "environment": info,
+        "sizes": per_size,
+        "summary": summary,
+    }
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {RESULTS_FILE}")
+
+
+if __name__ == "__main__":
+    main()

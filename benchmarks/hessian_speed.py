@@ -1,0 +1,230 @@
+"""Analytic Hessian vs central finite differences of forces, mlip_md.MLIPCalculator.
+
+What is measured
+----------------
+For a float64 export of a random-weight ``mlip_md.HIPNN`` (species C, H, O, N;
+2 interaction blocks, 20 features, 20 sensitivities, 3 atom layers, cutoff
+5 Å) served by ``mlip_md.MLIPCalculator``, one CPU thread:
+
+* ``analytic``: ``calc.get_hessian(atoms)`` (batched double backward);
+* ``finite differences``: H[:, k] = −(F(x + h e_k) − F(x − h e_k)) / 2h over
+  all 3N coordinates, i.e. 6N ``get_forces()`` calls of the same calculator,
+  h = ``--step`` Å (default 1e-3: the truncation error, O(h²), is then far
+  above float64 round-off, O(ε/h)).
+
+Median wall time over ``--repeats`` interleaved repetitions (after a
+warm-up), the speed-up FD / analytic, and the agreement
+max|H_an − H_fd| / max|H_fd| for h/10, h and 10·h (which should scale as h²
+until round-off takes over), plus the analytic Hessian's asymmetry.
+
+Systems (open boundaries): aspirin, C9H8O4, 21 atoms, built here from
+standard bond lengths and angles (acetoxy group perpendicular to the ring),
+and C60 (60 atoms, truncated icosahedron with 1.44 Å bonds).
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/hessian_speed.py [--repeats 7] [--step 1e-3]
+
+Prints a table and writes ``benchmarks/results/hessian_speed.json``.
+"""
+
+import os
+
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"  # before torch is imported
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import ase  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from ase.neighborlist import natural_cutoffs, neighbor_list as ase_neighbor_list  # noqa: E402
+
+import mlip_md  # noqa: E402
+
+torch.set_num_threads(1)
+
+ARCHITECTURE = dict(n_interactions=2, n_features=20, n_sensitivities=20, n_atom_layers=3, cutoff=5.0)
+SPECIES = ["C", "H", "O", "N"]
+SEED = 0
+RESULTS_FILE = Path(__file__).resolve().parent / "results" / "hessian_speed.json"
+
+
+# -- geometries ----------------------------------------------------------------------
+
+
+def place(a, b, c, bond: float, angle: float, dihedral: float) -> np.ndarray:
+    """Position of atom d bonded to c: |cd| = bond (Å), angle bcd and dihedral abcd (degrees)."""
+    bc = (c - b) / np.linalg.norm(c - b)
+    normal = np.cross(b - a, bc)
+    normal /= np.linalg.norm(normal)
+    in_plane = np.cross(normal, bc)
+    theta, phi = np.radians(angle), np.radians(dihedral)
+    local = bond * np.array([-np.cos(theta), np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi)])
+    return c + local[0] * bc + local[1] * in_plane + local[2] * normal
+
+
+def aspirin() -> ase.Atoms:
+    """Aspirin (2-acetoxybenzoic acid, C9H8O4), 21 atoms, from textbook bond lengths and angles."""
+    angles = np.radians(60.0 * np.arange(6))
+    ring = 1.39 * np.stack([np.cos(angles), np.sin(angles), np.zeros(6)], axis=1)  # C1..C6
+    ring_h = [2.47 * np.array([np.cos(t), np.sin(t), 0.0]) for t in angles[2:]]  # on C3..C6
+    c1, c2, c3, c6 = ring[0], ring[1], ring[2], ring[5]
+    # Carboxylic acid on C1 (in the ring plane, C=O towards the ester, O-H syn to C=O).
+    c7 = place(c3, c2, c1, 1.48, 120.0, 180.0)
+    o1 = place(c6, c1, c7, 1.22, 122.0, 180.0)
+    o2 = place(c6, c1, c7, 1.31, 114.0, 0.0)
+    h_acid = place(c1, c7, o2, 0.97, 107.0, 180.0)
+    # Acetoxy group on C2, twisted perpendicular to the ring; Z ester (C=O eclipsing O-C2).
+    o3 = place(c6, c1, c2, 1.40, 120.0, 180.0)
+    c8 = place(c1, c2, o3, 1.36, 117.0, 90.0)
+    o4 = place(c2, o3, c8, 1.20, 123.0, 0.0)
+    c9 = place(c2, o3, c8, 1.50, 111.0, 180.0)
+    methyl_h = [place(o3, c8, c9, 1.09, 109.5, dihedral) for dihedral in (60.0, 180.0, 300.0)]
+    positions = [*ring, c7, c8, c9, o1, o2, o3, o4, *ring_h, h_acid, *methyl_h]
+    return ase.Atoms("C6" + "CCC" + "OOOO" + "H4" + "H" + "H3", positions=positions)
+
+
+def fullerene() -> ase.Atoms:
+    """C60: the truncated icosahedron, every edge 1.44 Å."""
+    golden = (1 + 5**0.5) / 2
+    seeds = [(0, 1, 3 * golden), (1, 2 + golden, 2 * golden), (golden, 2, golden**3)]  # edge length 2
+    vertices = set()
+    for seed in seeds:
+        for signs in itertools.product((1, -1), repeat=3):
+            signed = [s * x for s, x in zip(signs, seed)]
+            for shift in range(3):  # cyclic (even) permutations
+                vertices.add(tuple(round(v, 9) for v in signed[shift:] + signed[:shift]))
+    positions = 0.72 * np.array(sorted(vertices))
+    assert len(positions) == 60
+    return ase.Atoms("C60", positions=positions)
+
+
+def check_geometry(atoms: ase.Atoms, expected_bonds: int) -> None:
+    """Guards the hand-built geometries: only the intended covalent contacts exist."""
+    first, _ = ase_neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.2))
+    if len(first) != 2 * expected_bonds:
+        raise RuntimeError(f"{atoms.get_chemical_formula()}: {len(first) // 2} bonded contacts, expected {expected_bonds}")
+
+
+# -- Hessians ----------------------------------------------------------------------------
+
+
+def finite_difference_hessian(calculator, atoms: ase.Atoms, step: float) -> np.ndarray:
+    """Central differences of the forces over all 3N coordinates, (3N, 3N) in eV/Å²."""
+    work = atoms.copy()
+    work.calc = calculator
+    size = 3 * len(atoms)
+    hessian = np.empty((size, size))
+    for k in range(size):
+        forces = []
+        for sign in (1.0, -1.0):
+            positions = atoms.positions.copy()
+            positions[k // 3, k % 3] += sign * step
+            work.positions = positions
+            forces.append(work.get_forces().reshape(-1))
+        hessian[:, k] = -(forces[0] - forces[1]) / (2 * step)
+    return hessian
+
+
+def relative_deviation(analytic: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs(analytic - reference).max() / np.abs(reference).max())
+
+
+def timed(function):
+    """(seconds, result) of one call."""
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def measure(name: str, atoms: ase.Atoms, calculator, repeats: int, step: float) -> dict:
+    """Interleaved timings of both Hessians and the agreement for h/10, h, 10 h."""
+    analytic_fn = lambda: calculator.get_hessian(atoms)  # noqa: E731
+    fd_fn = lambda: finite_difference_hessian(calculator, atoms, step)  # noqa: E731
+    analytic, fd = analytic_fn(), fd_fn()  # warm-up
+    times = {"analytic": [], "finite_differences": []}
+    for repetition in range(repeats):
+        order = ["analytic", "finite_differences"][:: 1 if repetition % 2 == 0 else -1]
+        for label in order:
+            seconds, _ = timed(analytic_fn if label == "analytic" else fd_fn)
+            times[label].append(seconds)
+    agreement = {f"{step:g}": relative_deviation(analytic, fd)}
+    for h in (step / 10, step * 10):
+        agreement[f"{h:g}"] = relative_deviation(analytic, finite_difference_hessian(calculator, atoms, h))
+    median = {label: statistics.median(t) for label, t in times.items()}
+    return {
+        "system": name,
+        "n_atoms": len(atoms),
+        "median_s": median,
+        "times_s": times,
+        "speedup_fd_over_analytic": median["finite_differences"] / median["analytic"],
+        "max_rel_deviation_by_step": dict(sorted(agreement.items(), key=lambda item: float(item[0]))),
+        "analytic_asymmetry": float(np.abs(analytic - analytic.T).max() / np.abs(analytic).max()),
+        "max_abs_hessian_eV_per_A2": float(np.abs(analytic).max()),
+    }
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def print_table(results: list, step: float) -> None:
+    steps = list(results[0]["max_rel_deviation_by_step"])
+    header = f"{'system':<10}{'N':>4}{'analytic (ms)':>15}{'FD (ms)':>11}{'speed-up':>10}" + "".join(
+        f"{'dev h=' + h:>13}" for h in steps
+    ) + f"{'asymmetry':>11}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        deviations = "".join(f"{r['max_rel_deviation_by_step'][h]:13.1e}" for h in steps)
+        print(
+            f"{r['system']:<10}{r['n_atoms']:>4}{1e3 * r['median_s']['analytic']:15.1f}"
+            f"{1e3 * r['median_s']['finite_differences']:11.1f}{r['speedup_fd_over_analytic']:10.1f}"
+            f"{deviations}{r['analytic_asymmetry']:11.1e}"
+        )
+    print(f"\ntimings use h = {step:g} Å (6N force calls); dev = max|H_an - H_fd| / max|H_fd|")
+
+
+def parse_arguments():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions of each Hessian")
+    parser.add_argument("--step", type=float, default=1e-3, help="finite-difference step h in Å")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_arguments()
+    systems = {"aspirin": aspirin(), "C60": fullerene()}
+    check_geometry(systems["aspirin"], expected_bonds=21)
+    check_geometry(systems["C60"], expected_bonds=90)
+    torch.manual_seed(SEED)
+    model = mlip_md.HIPNN(species=SPECIES, **ARCHITECTURE)
+    with tempfile.TemporaryDirectory() as directory:
+        calculator = mlip_md.MLIPCalculator(mlip_md.export(model, Path(directory) / "chon.pt", dtype="float64"))
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float64 model, cutoff 5 Å, "
+              f"{args.repeats} repeats\n")
+        results = [measure(name, atoms, calculator, args.repeats, args.step) for name, atoms in systems.items()]
+    print_table(results, args.step)
+    report = {
+        "description": "analytic Hessian (MLIPCalculator.get_hessian) vs central finite differences of forces",
+        "settings": dict(architecture=ARCHITECTURE, species=SPECIES, dtype="float64", step=args.step,
+                         repeats=args.repeats, seed=SEED),
+        "environment": dict(python=platform.python_version(), torch=torch.__version__, ase=ase.__version__,
+                            mlip_md=mlip_md.__version__, torch_threads=torch.get_num_threads(),
+                            load_average=os.getloadavg()),
+        "results": results,
+    }
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(report, indent=2))
+    print(f"wrote {RESULTS_FILE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""MLIPCalculator against physics: finite differences, invariances, ensembles, bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+
+import mlip_md
+from conftest import make_model, numeric_forces, numeric_hessian, numeric_stress, random_cell
+
+
+@pytest.fixture
+def cell(calc):
+    atoms = random_cell()
+    atoms.calc = calc
+    return atoms
+
+
+@pytest.fixture
+def cluster(calc):
+    """A non-periodic two-element cluster."""
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True) * (2, 2, 1)
+    atoms.pbc = False
+    atoms.symbols[::3] = "Al"
+    atoms.rattle(0.1, seed=5)
+    atoms.calc = calc
+    return atoms
+
+
+def test_forces_are_minus_energy_gradient(cell, cluster):
+    for atoms in (cell, cluster):
+        forces = atoms.get_forces()
+        assert np.abs(forces).max() > 0.05, "oracle needs non-trivial forces"
+        np.testing.assert_allclose(forces, numeric_forces(atoms), rtol=0, atol=1e-6)
+
+
+def test_stress_matches_finite_strain(cell):
+    stress = cell.get_stress()
+    assert np.abs(stress).max() > 1e-3
+    np.testing.assert_allclose(stress, numeric_stress(cell), rtol=0, atol=1e-6)
+
+
+def test_hessian_matches_finite_differences_and_is_symmetric(calc, cell, cluster):
+    for atoms in (cell, cluster):
+        hessian = calc.get_hessian(atoms)
+        assert hessian.shape == (3 * len(atoms), 3 * len(atoms))
+        np.testing.assert_allclose(hessian, hessian.T, rtol=0, atol=1e-10)
+        reference = numeric_hessian(atoms)
+        np.testing.assert_allclose(hessian, reference, rtol=0, atol=1e-5 * np.abs(reference).max())
+        # Translations are zero modes: every row sums to zero over x, y, z blocks.
+        np.testing.assert_allclose(hessian.reshape(-1, len(atoms), 3).sum(1), 0, atol=1e-9)
+
+
+def test_zero_net_force(cell, cluster):
+    for atoms in (cell, cluster):
+        np.testing.assert_allclose(atoms.get_forces().sum(0), 0, atol=1e-10)
+
+
+def test_translation_rotation_permutation_invariance(calc, cluster):
+    energy, forces = cluster.get_potential_energy(), cluster.get_forces()
+
+    moved = cluster.copy()
+    moved.calc = calc
+    moved.positions += [1.7, -3.2, 0.4]
+    assert moved.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+    np.testing.assert_allclose(moved.get_forces(), forces, atol=1e-10)
+
+    rotated = cluster.copy()
+    rotated.calc = calc
+    rotated.rotate(37, (1, 2, 0.5), center="COM")
+    rotation = np.linalg.lstsq(cluster.positions - cluster.get_center_of_mass(),
+                               rotated.positions - rotated.get_center_of_mass(), rcond=None)[0]
+    assert rotated.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+    np.testing.assert_allclose(rotated.get_forces(), forces @ rotation, atol=1e-10)
+
+    order = np.random.default_rng(0).permutation(len(cluster))
+    shuffled = cluster[order]
+    shuffled.calc = calc
+    assert shuffled.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+    np.testing.assert_allclose(shuffled.get_forces(), forces[order], atol=1e-10)
+
+
+def test_periodic_translation_and_wrapping(calc, cell):
+    energy = cell.get_potential_energy()
+    shifted = cell.copy()
+    shifted.calc = calc
+    shifted.positions += cell.cell[0] * 3 + [0.3, 0.1, -0.2]
+    assert shifted.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+    shifted.wrap()
+    assert shifted.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+
+
+def test_supercell_energy_per_atom(calc, cell):
+    supercell = cell * (2, 1, 3)
+    supercell.calc = calc
+    assert supercell.get_potential_energy() / len(supercell) == pytest.approx(
+        cell.get_potential_energy() / len(cell), abs=1e-10
+    )
+    np.testing.assert_allclose(supercell.get_stress(), cell.get_stress(), atol=1e-10)
+
+
+def test_per_atom_energies_sum_to_total(cell):
+    energies = cell.get_potential_energies()
+    assert energies.shape == (len(cell),)
+    assert energies.sum() == pytest.approx(cell.get_potential_energy(), abs=1e-10)
+    assert cell.get_potential_energy(force_consistent=True) == cell.get_potential_energy()
+
+
+def test_energy_and_forces_continuous_across_cutoff(calc):
+    def dimer(distance):
+        atoms = Atoms("AlCu", positions=[[0, 0, 0], [distance, 0, 0]])
+        atoms.calc = calc
+        return atoms.get_potential_energy(), atoms.get_forces()
+
+    inside, outside, far = dimer(6.0 - 1e-7), dimer(6.0 + 1e-7), dimer(9.0)
+    assert inside[0] == pytest.approx(outside[0], abs=1e-10)
+    np.testing.assert_allclose(inside[1], outside[1], atol=1e-8)
+    assert outside[0] == pytest.approx(far[0], abs=1e-12)
+    np.testing.assert_allclose(outside[1], 0, atol=1e-12)
+
+
+def test_ensemble_mean_and_uncertainty(tmp_path, cell):
+    members = [make_model(seed=seed) for seed in (1, 2, 3)]
+    ensemble = mlip_md.MLIPCalculator(mlip_md.export(members, tmp_path / "ensemble.pt"))
+    singles = [mlip_md.MLIPCalculator(mlip_md.export(m, tmp_path / f"m{k}.pt")) for k, m in enumerate(members)]
+    energies, forces = [], []
+    for single in singles:
+        atoms = cell.copy()
+        atoms.calc = single
+        energies.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+    atoms = cell.copy()
+    atoms.calc = ensemble
+    energies, forces = np.array(energies), np.array(forces)
+    assert atoms.get_potential_energy() == pytest.approx(energies.mean(), abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), forces.mean(0), atol=1e-10)
+    assert ensemble.get_property("energy_uncertainty", atoms) == pytest.approx(
+        energies.std() / np.sqrt(len(atoms)), abs=1e-12
+    )
+    expected = np.sqrt(((forces - forces.mean(0)) ** 2).sum(-1).mean(0))
+    np.testing.assert_allclose(ensemble.get_property("forces_uncertainty", atoms), expected, atol=1e-12)
+    assert expected.min() > 0
+
+
+def test_single_model_uncertainty_is_zero(cell, calc):
+    cell.get_forces()
+    assert calc.results["energy_uncertainty"] == 0.0
+    np.testing.assert_array_equal(calc.results["forces_uncertainty"], 0.0)
+
+
+def test_float32_model_agrees_with_float64(tmp_path, cell):
+    model = make_model()
+    atoms64, atoms32 = cell.copy(), cell.copy()
+    atoms64.calc = mlip_md.MLIPCalculator(mlip_md.export(model, tmp_path / "m64.pt"))
+    atoms32.calc = mlip_md.MLIPCalculator(mlip_md.export(model, tmp_path / "m32.pt", dtype="float32"))
+    assert atoms32.get_potential_energy() == pytest.approx(atoms64.get_potential_energy(), abs=1e-4)
+    np.testing.assert_allclose(atoms32.get_forces(), atoms64.get_forces(), atol=1e-4)
+    assert atoms32.get_forces().dtype == np.float64
+
+
+# -- bad input ------------------------------------------------------------------
+
+
+def test_unknown_element_is_named(calc):
+    atoms = molecule("H2O")
+    atoms.calc = calc
+    with pytest.raises(ValueError, match=r"\['H', 'O'\] not known to this model.*\['Al', 'Cu'\]"):
+        atoms.get_potential_energy()
+
+
+def test_empty_atoms(calc):
+    atoms = Atoms()
+    atoms.calc = calc
+    with pytest.raises(ValueError, match="empty"):
+        atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_positions(calc, cluster, value):
+    cluster.positions[2, 1] = value
+    with pytest.raises(ValueError, match=r"non-finite .* atom\(s\) \[2\]"):
+        cluster.get_potential_energy()
+
+
+def test_close_contact_warns_with_pair(calc):
+    atoms = Atoms("AlCu", positions=[[0, 0, 0], [0.6, 0, 0]])
+    atoms.calc = calc
+    with pytest.warns(mlip_md.CloseContactWarning, match="Al0-Cu1 at 0.600"):
+        assert np.isfinite(atoms.get_potential_energy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        atoms.positions[1, 0] = 2.4
+        atoms.get_potential_energy()
+
+
+def test_coincident_atoms_are_refused(calc):
+    atoms = Atoms("AlAl", positions=[[1, 1, 1], [1, 1, 1]])
+    atoms.calc = calc
+    with pytest.raises(ValueError, match="on top of each other"):
+        atoms.get_potential_energy()
+
+
+def test_stress_of_non_periodic_system(cluster):
+    with pytest.raises(PropertyNotImplementedError, match="periodic in all three"):
+        cluster.get_stress()
+
+
+def test_missing_and_corrupt_model_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        mlip_md.MLIPCalculator(tmp_path / "missing.pt")
+    (tmp_path / "corrupt.pt").write_text("not a model")
+    with pytest.raises(mlip_md.ModelFileError):
+        mlip_md.MLIPCalculator(tmp_path / "corrupt.pt")

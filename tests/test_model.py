@@ -1,0 +1,112 @@
+"""HIP-NN module: shapes, dtypes, hierarchy, cutoff smoothness, scripting."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import mlip_md
+from conftest import make_model, random_cell
+from mlip_md.model.layers import InverseSensitivity
+from mlip_md.neighbors import neighbor_list
+
+
+def _inputs(atoms, species=("Al", "Cu"), dtype=torch.float64):
+    neighbors = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 6.0)
+    vectors = (
+        atoms.positions[neighbors.edge_index[1]]
+        - atoms.positions[neighbors.edge_index[0]]
+        + neighbors.shifts @ atoms.cell[:]
+    )
+    index = {s: k for k, s in enumerate(species)}
+    species_index = torch.tensor([index[s] for s in atoms.get_chemical_symbols()])
+    return species_index, torch.from_numpy(neighbors.edge_index), torch.tensor(vectors, dtype=dtype)
+
+
+def test_public_constructor_names():
+    model = mlip_md.HIPNN(
+        species=["Al", "Cu"], n_interactions=3, n_features=16, n_sensitivities=12, n_atom_layers=2, cutoff=5.5
+    )
+    assert len(model.interactions) == 3 and len(model.readouts) == 3
+    assert model.config["n_features"] == 16 and model.cutoff == 5.5
+    assert "n_sensitivities=12" in repr(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_output_shapes_and_dtypes(dtype):
+    model = make_model().to(dtype)
+    species, edge_index, vectors = _inputs(random_cell(), dtype=dtype)
+    energies = model(species, edge_index, vectors)
+    assert energies.shape == (12,) and energies.dtype == dtype
+    layout = model.neighbor_layout(species, edge_index, vectors)
+    levels = model.level_energies(layout)
+    assert levels.shape == (3, 12)
+    torch.testing.assert_close(levels.sum(0), energies)
+    # Level 0 is exactly the per-species reference energy.
+    torch.testing.assert_close(levels[0], model.reference_energies[species])
+
+
+def test_edge_order_does_not_matter():
+    model = make_model().double()
+    species, edge_index, vectors = _inputs(random_cell())
+    permutation = torch.randperm(edge_index.shape[1], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        model(species, edge_index, vectors),
+        model(species, edge_index[:, permutation], vectors[permutation]),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def test_isolated_atoms_get_reference_energies():
+    model = make_model().double()
+    species = torch.tensor([0, 1])
+    energies = model(species, torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, 3, dtype=torch.float64))
+    # With no neighbours the features are a function of the species only.
+    assert energies.shape == (2,) and torch.isfinite(energies).all()
+
+
+def test_sensitivities_vanish_smoothly_at_cutoff():
+    sensitivity = InverseSensitivity(20, 0.85, 4.8, 6.0).double()
+    r = torch.tensor([6.0 - 1e-6, 6.0, 6.0 + 1e-6, 9.0], dtype=torch.float64, requires_grad=True)
+    values = sensitivity(r)
+    (gradient,) = torch.autograd.grad(values.sum(), r)
+    assert values[1:].abs().max() == 0 and values[0].abs().max() < 1e-10
+    assert gradient.abs().max() < 1e-5
+
+
+def test_hierarchicality_regulariser():
+    # Two structures, three levels: E_n^2 / (E_n^2 + E_{n-1}^2) summed over n >= 1.
+    levels = torch.tensor([[10.0, -4.0], [1.0, 2.0], [0.1, 0.0]])
+    expected = np.mean([1 / 101 + 0.01 / 1.01, 4 / 20 + 0.0])
+    assert mlip_md.hierarchicality(levels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_eager_scripted_and_reloaded_agree():
+    model = make_model().double()
+    species, edge_index, vectors = _inputs(random_cell())
+    eager = model(species, edge_index, vectors)
+    scripted = torch.jit.script(model)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    reloaded = torch.jit.load(buffer)
+    for other in (scripted(species, edge_index, vectors), reloaded(species, edge_index, vectors)):
+        torch.testing.assert_close(other, eager, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"species": ["Al", "Xx"]}, "unknown element"),
+        ({"species": []}, "at least one element"),
+        ({"species": ["Al", "Al"]}, "more than once"),
+        ({"species": ["Al"], "n_interactions": 0}, "n_interactions"),
+        ({"species": ["Al"], "cutoff": 3.0, "dist_soft_max": 4.0}, "dist_soft_max"),
+        ({"species": ["Al"], "activation": "relu6"}, "unknown activation"),
+    ],
+)
+def test_bad_hyper_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mlip_md.HIPNN(**kwargs)
