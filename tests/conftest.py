@@ -10,17 +10,31 @@ from ase import Atoms
 import mlip_md
 
 
-def make_model(species=("Al", "Cu"), seed=0, readout_scale=40.0, **kwargs) -> mlip_md.HIPNN:
+def make_model(species=("Al", "Cu"), seed=0, readout_scale=40.0, repulsive=False, **kwargs) -> mlip_md.HIPNN:
     """A random HIP-NN whose forces are of realistic size (0.1–1 eV/Å).
 
     Freshly initialised read-outs give forces of ~1e-3 eV/Å, too small for
     finite-difference checks with an absolute tolerance to mean much; they are
     multiplied by ``readout_scale``.
+
+    ``repulsive=True`` makes every weight non-negative and weights the
+    sensitivities by their inverse-distance centre: with softplus activations
+    the energy then grows as neighbours come closer (down to dist_soft_min),
+    a stable random potential for dynamics tests.
     """
     torch.manual_seed(seed)
     model = mlip_md.HIPNN(list(species), **kwargs)
     with torch.no_grad():
         model.reference_energies.copy_(torch.linspace(-3.0, -1.0, len(species)))
+        if repulsive:
+            for name, parameter in model.named_parameters():
+                if "weight" in name:
+                    parameter.abs_()
+            for interaction in model.interactions:
+                n_sensitivities = interaction.sensitivity.inverse_centers.shape[0]
+                ramp = torch.linspace(0.0, 1.0, n_sensitivities) ** 2
+                weights = interaction.interaction_weights
+                weights.copy_((weights.view(n_sensitivities, -1) * ramp[:, None]).view_as(weights))
         for readout in model.readouts:
             readout.weight.mul_(readout_scale)
     return model

@@ -15,8 +15,8 @@ from mlip_md.md import run_nve
 
 @pytest.fixture(scope="module")
 def calc(tmp_path_factory):
-    """A random potential gentle enough for stable MD (forces ~0.05 eV/Å)."""
-    path = mlip_md.export(make_model(readout_scale=5.0), tmp_path_factory.mktemp("md") / "md.pt")
+    """A random repulsive potential: a stable solid for MD tests."""
+    path = mlip_md.export(make_model(readout_scale=0.05, repulsive=True), tmp_path_factory.mktemp("md") / "md.pt")
     return mlip_md.MLIPCalculator(path)
 
 
@@ -28,18 +28,26 @@ def _aluminium(calc, repeat=2):
     return atoms
 
 
-def test_nve_conserves_energy_for_one_picosecond(calc):
+def _nve_energy_error(calc, timestep_fs):
     atoms = _aluminium(calc)
-    records = run_nve(atoms, steps=1000, timestep_fs=1.0, temperature_K=600, log_interval=10)
+    steps = int(round(1000 / timestep_fs))
+    records = run_nve(atoms, steps=steps, timestep_fs=timestep_fs, temperature_K=600, log_interval=10)
     totals = np.array([r.total for r in records])  # eV/atom
-    drift = totals[-1] - totals[0]
-    fluctuation = totals.max() - totals.min()
-    print(f"\nNVE 1 ps, dt 1 fs, {len(atoms)} atoms, float64: drift {drift:.2e} eV/atom, "
+    drift, fluctuation = totals[-1] - totals[0], totals.max() - totals.min()
+    print(f"\nNVE 1 ps, dt {timestep_fs} fs, {len(atoms)} atoms, float64: drift {drift:.2e} eV/atom, "
           f"max-min {fluctuation:.2e} eV/atom, mean T {np.mean([r.temperature for r in records]):.0f} K")
-    assert len(records) == 101 and records[-1].time_fs == 1000.0
-    assert min(r.kinetic for r in records) > 0.01, "atoms must actually move"
-    assert abs(drift) < 1e-5
-    assert fluctuation < 1e-4
+    assert records[-1].time_fs == 1000.0
+    assert min(r.temperature for r in records) > 100, "atoms must actually move"
+    return drift, fluctuation
+
+
+def test_nve_conserves_energy_for_one_picosecond(calc):
+    drift, fluctuation = _nve_energy_error(calc, 1.0)
+    assert abs(drift) < 5e-5 and fluctuation < 1e-4
+    # Velocity Verlet's energy error is O(dt²): halving dt must cut it ~4x,
+    # which shows the residual is integration error, not inconsistent forces.
+    _, finer = _nve_energy_error(calc, 0.5)
+    assert 2.5 < fluctuation / finer < 6.0
 
 
 def test_langevin_runs_and_thermalises(calc):
