@@ -85,6 +85,7 @@ MOVE = 1e-3  # Å, σ of the displacement applied before every call
 WARMUP = 3
 SEED = 0
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "ase_speed.json"
+LABEL_WIDTH = 40  # first column of the printed table
 
 
 # -- systems and calculators ---------------------------------------------------
@@ -104,7 +105,10 @@ def export_ours(directory: str) -> dict:
     """Exports one random-weight mlip_md model in both precisions; returns {dtype: path}."""
     torch.manual_seed(SEED)
     model = mlip_md.HIPNN(species=["Al"], **OUR_ARCHITECTURE)
-    return {dtype: mlip_md.export(model, Path(directory) / f"al_{dtype}.pt", dtype=dtype) for dtype in ("float32", "float64")}
+    paths = {}
+    for dtype in ("float32", "float64"):
+        paths[dtype] = mlip_md.export(model, Path(directory) / f"al_{dtype}.pt", dtype=dtype)
+    return paths
 
 
 def import_hippynn():
@@ -219,6 +223,7 @@ def measure_size(n_atoms: int, factories: dict, repeats: int, rng: np.random.Gen
     result = {
         "n_atoms": n_atoms,
         "us_per_atom_step": {label: 1e6 * statistics.median(t) / n_atoms for label, t in times.items()},
+        "us_per_atom_step_min": {label: 1e6 * min(t) / n_atoms for label, t in times.items()},
         "step_times_s": times,
     }
     hippynn_calc = systems["hippynn f32"].calc if "hippynn f32" in systems else None
@@ -249,29 +254,37 @@ def summarise(per_size: list) -> dict:
     return summary
 
 
+def _row(label: str, cells) -> None:
+    print(f"{label:<{LABEL_WIDTH}}" + "".join(cells))
+
+
 def print_table(per_size: list, summary: dict) -> None:
     sizes = [size["n_atoms"] for size in per_size]
-    label_width = 40
-    header = f"{'µs per atom-step (median)':<{label_width}}" + "".join(f"{n:>11d}" for n in sizes)
-    growth_header = f"   {sizes[-1]}/{sizes[0]}" if len(sizes) > 1 else ""
-    print(header + growth_header)
-    print("-" * (len(header) + len(growth_header)))
+    growth = len(sizes) > 1
+    header = f"{'µs per atom-step: median (min)':<{LABEL_WIDTH}}" + "".join(f"{n:>16d}" for n in sizes)
+    header += f"{'median ' + str(sizes[-1]) + '/' + str(sizes[0]):>18}" if growth else ""
+    print(header)
+    print("-" * len(header))
     for label in per_size[0]["us_per_atom_step"]:
-        row = "".join(f"{size['us_per_atom_step'][label]:11.1f}" for size in per_size)
-        growth = f"   {summary['growth_largest_over_smallest'][label]:8.2f}" if len(sizes) > 1 else ""
-        print(f"{label:<{label_width}}{row}{growth}")
+        cells = [f"{s['us_per_atom_step'][label]:9.1f} ({s['us_per_atom_step_min'][label]:5.1f})" for s in per_size]
+        cells += [f"{summary['growth_largest_over_smallest'][label]:18.2f}"] if growth else []
+        _row(label, cells)
     print()
-    print(f"{'our neighbour list alone (µs/atom)':<{label_width}}" + "".join(f"{1e6 * s['ours_nl_s'] / s['n_atoms']:11.1f}" for s in per_size))
+    _row("our neighbour list alone (µs/atom)", (f"{1e6 * s['ours_nl_s'] / s['n_atoms']:16.1f}" for s in per_size))
     for label in ("ours f32", "ours f64"):
-        print(f"{'  fraction of ' + label + ' step':<{label_width}}" + "".join(f"{summary['ours_nl_fraction_of_step'][str(n)][label]:11.1%}" for n in sizes))
-    print(f"{'our pairs per atom (6 Å, full)':<{label_width}}" + "".join(f"{s['ours_pairs_per_atom']:11.1f}" for s in per_size))
-    if "hippynn_nl_rebuild_s" in per_size[0]:
-        print(f"{'hippynn NL rebuild, skin=1 (µs/atom)':<{label_width}}" + "".join(f"{1e6 * s['hippynn_nl_rebuild_s'] / s['n_atoms']:11.1f}" for s in per_size))
-        print(f"{'hippynn pairs per atom (8 Å list)':<{label_width}}" + "".join(f"{s['hippynn_pairs_per_atom']:11.1f}" for s in per_size))
-        print(f"{'hippynn NL builds, skin=1 (all calls)':<{label_width}}" + "".join(f"{s['hippynn_nl_builds']:11d}" for s in per_size))
-        print()
-        for ratio in summary["ratio_hippynn_over_ours"][str(sizes[0])]:
-            print(f"{ratio:<{label_width}}" + "".join(f"{summary['ratio_hippynn_over_ours'][str(n)][ratio]:11.2f}" for n in sizes))
+        fractions = summary["ours_nl_fraction_of_step"]
+        _row(f"  fraction of {label} step (median)", (f"{fractions[str(n)][label]:16.1%}" for n in sizes))
+    _row("our pairs per atom (6 Å, full list)", (f"{s['ours_pairs_per_atom']:16.1f}" for s in per_size))
+    if "hippynn_nl_rebuild_s" not in per_size[0]:
+        return
+    rebuild_us = (1e6 * s["hippynn_nl_rebuild_s"] / s["n_atoms"] for s in per_size)
+    _row("hippynn NL rebuild, skin=1 (µs/atom)", (f"{us:16.1f}" for us in rebuild_us))
+    _row("hippynn pairs per atom (8 Å list)", (f"{s['hippynn_pairs_per_atom']:16.1f}" for s in per_size))
+    _row("hippynn NL builds, skin=1 (all calls)", (f"{s['hippynn_nl_builds']:16d}" for s in per_size))
+    print()
+    ratios = summary["ratio_hippynn_over_ours"]
+    for ratio in ratios[str(sizes[0])]:
+        _row(f"{ratio} (median)", (f"{ratios[str(n)][ratio]:16.2f}" for n in sizes))
 
 
 def environment(hippynn_version) -> dict:
@@ -305,7 +318,8 @@ def main():
     hippynn_version = None if args.no_hippynn else import_hippynn()
     info = environment(hippynn_version)
     print(f"torch {info['torch']}, {info['torch_threads']} thread(s); hippynn {info.get('hippynn', '-')} "
-          f"(custom kernels: {info.get('hippynn_custom_kernels', '-')}); load average {info['load_average_at_start'][0]:.2f}")
+          f"(custom kernels: {info.get('hippynn_custom_kernels', '-')}); "
+          f"load average {info['load_average_at_start'][0]:.2f}")
     print(f"fcc Al, rattle {RATTLE} Å, move {MOVE} Å per call, {WARMUP} warm-up + {args.repeats} timed calls\n")
     rng = np.random.default_rng(SEED)
     with tempfile.TemporaryDirectory() as directory:

@@ -22,12 +22,13 @@ class EdgeResults(NamedTuple):
 def forces_from_edge_gradients(
     edge_index: torch.Tensor, edge_gradients: torch.Tensor, n_atoms: int
 ) -> torch.Tensor:
-    """F_k = Σ_{e: i_e=k} g_e − Σ_{e: j_e=k} g_e; ``edge_gradients`` ``[..., E, 3]`` → ``[..., N, 3]``."""
-    shape = edge_gradients.shape[:-2] + (n_atoms, 3)
-    forces = edge_gradients.new_zeros(shape)
-    forces.index_add_(-2, edge_index[0], edge_gradients)
-    forces.index_add_(-2, edge_index[1], -edge_gradients)
-    return forces
+    """F_k = Σ_{e: i_e=k} g_e − Σ_{e: j_e=k} g_e; ``edge_gradients`` ``[M, E, 3]`` → ``[M, N, 3]``."""
+    n_members, n_edges, _ = edge_gradients.shape
+    rows = edge_gradients.permute(1, 0, 2).reshape(n_edges, 3 * n_members)  # [E, 3M]
+    forces = rows.new_zeros(n_atoms, 3 * n_members)
+    forces.index_add_(0, edge_index[0], rows)  # row-wise scatter: the fast path
+    forces.index_add_(0, edge_index[1], rows, alpha=-1)
+    return forces.view(n_atoms, n_members, 3).permute(1, 0, 2)
 
 
 def evaluate_edges(

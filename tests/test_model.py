@@ -8,6 +8,7 @@ import torch
 
 import mlip_md
 from conftest import make_model, random_cell
+from mlip_md.model.graph import cutoff_envelope
 from mlip_md.model.layers import InverseSensitivity
 from mlip_md.neighbors import neighbor_list
 
@@ -67,13 +68,22 @@ def test_isolated_atoms_get_reference_energies():
     assert energies.shape == (2,) and torch.isfinite(energies).all()
 
 
-def test_sensitivities_vanish_smoothly_at_cutoff():
-    sensitivity = InverseSensitivity(20, 0.85, 4.8, 6.0).double()
+def test_envelope_vanishes_smoothly_at_cutoff():
     r = torch.tensor([6.0 - 1e-6, 6.0, 6.0 + 1e-6, 9.0], dtype=torch.float64, requires_grad=True)
-    values = sensitivity(r)
+    values = cutoff_envelope(r, 6.0)
     (gradient,) = torch.autograd.grad(values.sum(), r)
     assert values[1:].abs().max() == 0 and values[0].abs().max() < 1e-10
     assert gradient.abs().max() < 1e-5
+    assert cutoff_envelope(torch.tensor([0.0]), 6.0).item() == 1.0
+
+
+def test_sensitivities_are_gaussians_in_inverse_distance():
+    sensitivity = InverseSensitivity(5, 1.0, 4.0, 6.0).double()
+    r = torch.linspace(0.8, 7.0, 50, dtype=torch.float64)
+    centers, widths = sensitivity.inverse_centers.detach(), sensitivity.widths.detach()
+    expected = torch.exp(-((1 / r[:, None] - centers) ** 2) / (2 * widths**2))
+    torch.testing.assert_close(sensitivity(r), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(centers, torch.linspace(0.25, 1.0, 5, dtype=torch.float64))
 
 
 def test_hierarchicality_regulariser():

@@ -7,28 +7,40 @@ count) is several times faster on a CPU than scattering ``[E, n_sens, n_feat]``
 products, and its backward pass is again a batched product.
 """
 
+import math
 from typing import NamedTuple
 
 import torch
 
 
+def cutoff_envelope(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """φ_cut(r) = cos²(π r / (2 r_cut)) for r < r_cut, else 0 (same shape as ``distances``).
+
+    φ_cut and its first derivative vanish at r_cut, so energies and forces
+    are continuous when an atom crosses the cutoff.
+    """
+    cosine = torch.cos((0.5 * math.pi / cutoff) * distances)
+    return torch.where(distances < cutoff, cosine * cosine, torch.zeros_like(distances))
+
+
 class PaddedNeighbors(NamedTuple):
     """Neighbours of every atom, padded to the largest neighbour count ``K``.
 
-    Padding slots point at atom 0 and carry the distance ``pad_distance``
-    (beyond the cutoff), so their sensitivities are exactly zero.
+    Padding slots point at atom 0 and sit at twice the cutoff, so their
+    envelope, and with it their contribution, is exactly zero.
     """
 
     species: torch.Tensor  # [N] int64, index into the model's element list
     neighbors: torch.Tensor  # [N, K] int64, neighbour atom index j
     distances: torch.Tensor  # [N, K] float, |r_ij| in Å
+    envelope: torch.Tensor  # [N, K] float, φ_cut(|r_ij|)
 
 
 def pad_neighbors(
     species: torch.Tensor,
     edge_index: torch.Tensor,
     edge_vectors: torch.Tensor,
-    pad_distance: float,
+    cutoff: float,
 ) -> PaddedNeighbors:
     """Builds the padded layout from ``edge_index`` ``[2, E]`` and ``edge_vectors`` ``[E, 3]``.
 
@@ -52,13 +64,15 @@ def pad_neighbors(
     slots = torch.arange(n_edges, device=centers.device) - starts[centers]  # [E]
     flat = centers * width + slots  # [E], position in the [N * K] layout
     padded_distances = torch.full(
-        (n_atoms * width,), pad_distance, dtype=distances.dtype, device=distances.device
+        (n_atoms * width,), 2.0 * cutoff, dtype=distances.dtype, device=distances.device
     ).index_copy(0, flat, distances)
     padded_neighbors = torch.zeros(
         n_atoms * width, dtype=torch.long, device=centers.device
     ).index_copy(0, flat, others)
+    padded_distances = padded_distances.view(n_atoms, width)
     return PaddedNeighbors(
         species,
         padded_neighbors.view(n_atoms, width),
-        padded_distances.view(n_atoms, width),
+        padded_distances,
+        cutoff_envelope(padded_distances, cutoff),
     )

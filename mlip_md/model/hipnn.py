@@ -102,7 +102,7 @@ class HIPNN(nn.Module):
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
     ) -> PaddedNeighbors:
         """The padded neighbour layout of one structure (shared by ensemble members)."""
-        return pad_neighbors(species, edge_index, edge_vectors, 2.0 * self.cutoff)
+        return pad_neighbors(species, edge_index, edge_vectors, self.cutoff)
 
     def level_energies(self, graph: PaddedNeighbors) -> torch.Tensor:
         """Per-atom energies of every hierarchy level, ``[n_interactions + 1, N]`` in eV."""

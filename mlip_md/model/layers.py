@@ -18,14 +18,15 @@ def make_activation(name: str) -> nn.Module:
 
 
 class InverseSensitivity(nn.Module):
-    """Gaussian sensitivities in inverse distance with a smooth cutoff.
+    """Gaussian sensitivities in inverse distance (without the cutoff factor).
 
-    s_ν(r) = exp(-(1/r − 1/μ_ν)² / (2 σ_ν²)) · cos²(π r / (2 r_cut)) for r < r_cut, else 0.
+    g_ν(r) = exp(-(1/r − 1/μ_ν)² / (2 σ_ν²)); the full HIP-NN sensitivity is
+    s_ν(r) = g_ν(r) · φ_cut(r) with φ_cut from
+    :func:`mlip_md.model.graph.cutoff_envelope`, applied in :class:`Interaction`.
 
     The centres 1/μ_ν start evenly spaced in 1/r between 1/dist_soft_max and
     1/dist_soft_min, the widths σ_ν (Å⁻¹) equal to that spacing; both are
-    trained. The cutoff factor and its first derivative vanish at r_cut, so
-    energies and forces are continuous when an atom crosses the cutoff.
+    trained.
     """
 
     def __init__(self, n_sensitivities: int, dist_soft_min: float, dist_soft_max: float, cutoff: float):
@@ -41,10 +42,9 @@ class InverseSensitivity(nn.Module):
         spacing = (1.0 / dist_soft_min - 1.0 / dist_soft_max) / (n_sensitivities - 1)
         self.inverse_centers = nn.Parameter(inverse_centers)  # [n_sens], 1/Å
         self.widths = nn.Parameter(torch.full((n_sensitivities,), spacing))  # [n_sens], 1/Å
-        self.cutoff = float(cutoff)
 
     def forward(self, distances: torch.Tensor) -> torch.Tensor:
-        """``distances`` ``[N, K]`` in Å → sensitivities ``[N, K, n_sens]``.
+        """``distances`` ``[N, K]`` in Å → Gaussians ``[N, K, n_sens]``.
 
         The Gaussian exponent is expanded as a quadratic in u = 1/r,
         −(u − c)²/(2σ²) = a u² + b u + d, so that all ``n_sens`` exponents come
@@ -58,19 +58,20 @@ class InverseSensitivity(nn.Module):
         coefficients = torch.stack(
             [-0.5 * precision, centers * precision, -0.5 * centers * centers * precision]
         )  # [3, n_sens]
-        inside = distances < self.cutoff
-        cosine = torch.cos((0.5 * math.pi / self.cutoff) * distances)
-        envelope = torch.where(inside, cosine * cosine, torch.zeros_like(distances))  # [N, K]
-        return torch.exp(powers @ coefficients) * envelope.unsqueeze(-1)
+        return torch.exp(powers @ coefficients)
 
     def extra_repr(self) -> str:
-        return f"n_sensitivities={self.inverse_centers.shape[0]}, cutoff={self.cutoff}"
+        return f"n_sensitivities={self.inverse_centers.shape[0]}"
 
 
 class Interaction(nn.Module):
     """HIP-NN interaction layer.
 
-    z'_i = f( Σ_{ν,b} V_{ν,b,a} Σ_j s_ν(r_ij) z_{j,b} + W z_i + c )
+    z'_i = f( Σ_{ν,b} V_{ν,b,a} Σ_j s_ν(r_ij) z_{j,b} + W z_i + c ),
+    s_ν(r) = g_ν(r) · φ_cut(r).
+
+    The cutoff factor multiplies the neighbour features rather than the
+    ``[N, K, n_sens]`` Gaussians: the same sum, fewer large temporaries.
     """
 
     def __init__(
@@ -94,9 +95,10 @@ class Interaction(nn.Module):
     def forward(self, features: torch.Tensor, graph: PaddedNeighbors) -> torch.Tensor:
         """``features`` ``[N, n_in]`` → ``[N, n_out]``."""
         n_atoms, width = graph.neighbors.shape
-        sensitivities = self.sensitivity(graph.distances)  # [N, K, n_sens]
+        gaussians = self.sensitivity(graph.distances)  # [N, K, n_sens]
         neighbor_features = features.index_select(0, graph.neighbors.reshape(-1))
         neighbor_features = neighbor_features.view(n_atoms, width, features.shape[1])  # [N, K, n_in]
-        environment = torch.bmm(sensitivities.transpose(1, 2), neighbor_features)  # [N, n_sens, n_in]
+        neighbor_features = neighbor_features * graph.envelope.unsqueeze(-1)
+        environment = torch.bmm(gaussians.transpose(1, 2), neighbor_features)  # [N, n_sens, n_in]
         interaction = environment.reshape(n_atoms, -1) @ self.interaction_weights  # [N, n_out]
         return self.activation(interaction + self.self_interaction(features))
