@@ -91,11 +91,17 @@ LABEL_WIDTH = 40  # first column of the printed table
 # -- systems and calculators ---------------------------------------------------
 
 
-def fcc_aluminium(n_atoms: int) -> ase.Atoms:
-    """Rattled fcc Al with ``n_atoms`` = 4k³ atoms (cubic cell repeated k×k×k)."""
+def replication(n_atoms: int) -> int:
+    """k such that the cubic 4-atom fcc cell repeated k×k×k has ``n_atoms`` atoms."""
     k = round((n_atoms / 4) ** (1 / 3))
     if 4 * k**3 != n_atoms:
         raise SystemExit(f"--sizes: {n_atoms} is not 4k³ (108, 256, 500, 864, 1372, 2048, ...)")
+    return k
+
+
+def fcc_aluminium(n_atoms: int) -> ase.Atoms:
+    """Rattled fcc Al with ``n_atoms`` = 4k³ atoms (cubic cell repeated k×k×k)."""
+    k = replication(n_atoms)
     atoms = bulk("Al", "fcc", a=LATTICE, cubic=True) * (k, k, k)
     atoms.rattle(stdev=RATTLE, seed=SEED)
     return atoms
@@ -310,15 +316,20 @@ def parse_arguments():
     parser.add_argument("--sizes", type=int, nargs="+", default=[108, 500, 2048], help="atom counts, 4k³ each")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per calculator and size")
     parser.add_argument("--no-hippynn", action="store_true", help="measure mlip_md only")
-    return parser.parse_args()
+    args = parser.parse_args()
+    for n_atoms in args.sizes:
+        replication(n_atoms)
+    return args
 
 
 def main():
     args = parse_arguments()
     hippynn_version = None if args.no_hippynn else import_hippynn()
     info = environment(hippynn_version)
-    print(f"torch {info['torch']}, {info['torch_threads']} thread(s); hippynn {info.get('hippynn', '-')} "
-          f"(custom kernels: {info.get('hippynn_custom_kernels', '-')}); "
+    hippynn_text = "not measured"
+    if hippynn_version is not None:
+        hippynn_text = f"{hippynn_version} (custom kernels: {info['hippynn_custom_kernels']})"
+    print(f"torch {info['torch']}, {info['torch_threads']} thread(s); hippynn {hippynn_text}; "
           f"load average {info['load_average_at_start'][0]:.2f}")
     print(f"fcc Al, rattle {RATTLE} Å, move {MOVE} Å per call, {WARMUP} warm-up + {args.repeats} timed calls\n")
     rng = np.random.default_rng(SEED)

@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import covalent_radii
 
 from mlip_md.contract import load_exported
-from mlip_md.neighbors import Neighbors, neighbor_list
+from mlip_md.neighbors import Neighbors, VerletList
 from mlip_md.physics import evaluate_edges, hessian
 from mlip_md.species import SpeciesMap
 
@@ -43,6 +43,10 @@ class MLIPCalculator(Calculator):
         close_contact_factor: warn (naming the pair) when two atoms are closer
             than this fraction of the sum of their covalent radii (default 0.5).
         num_threads: if given, sets ``torch.set_num_threads`` (process-wide).
+        skin: neighbour-list skin in Å (default 1.0). The list is rebuilt only
+            when an atom has moved more than skin/2 or the cell changed;
+            results do not depend on it, only the speed does (0 rebuilds
+            at every call).
     """
 
     implemented_properties = [
@@ -61,6 +65,7 @@ class MLIPCalculator(Calculator):
         device: str = "cpu",
         close_contact_factor: float = 0.5,
         num_threads: Optional[int] = None,
+        skin: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -71,6 +76,7 @@ class MLIPCalculator(Calculator):
         self.device = torch.device(device)
         self.species_map = SpeciesMap(self.model.species)
         self.close_contact_factor = float(close_contact_factor)
+        self.neighbors = VerletList(self.model.cutoff, skin)
         self._warned_pairs: set = set()
 
     @property
@@ -120,7 +126,7 @@ class MLIPCalculator(Calculator):
 
     def _graph(self, atoms: Atoms) -> Tuple[torch.Tensor, torch.Tensor, Neighbors]:
         species = self._validate(atoms)
-        neighbors = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, self.model.cutoff)
+        neighbors = self.neighbors.update(atoms.positions, atoms.cell[:], atoms.pbc)
         self._check_contacts(atoms, neighbors)
         return (
             torch.from_numpy(species).to(self.device),
@@ -138,9 +144,7 @@ class MLIPCalculator(Calculator):
                 f"stress needs a cell periodic in all three directions (pbc={atoms.pbc.tolist()})"
             )
         species, edge_index, neighbors = self._graph(atoms)
-        vectors = atoms.positions[neighbors.edge_index[1]] - atoms.positions[neighbors.edge_index[0]]
-        vectors = vectors + neighbors.shifts @ atoms.cell[:]
-        edge_vectors = torch.from_numpy(vectors).to(device=self.device, dtype=self.model.dtype)
+        edge_vectors = torch.from_numpy(neighbors.vectors).to(device=self.device, dtype=self.model.dtype)
         result = evaluate_edges(self.model.module, species, edge_index, edge_vectors)
         self._store(atoms, result)
 

@@ -27,10 +27,15 @@ class Neighbors:
     edge_index: np.ndarray  # [2, E] int64
     shifts: np.ndarray  # [E, 3] int64
     distances: np.ndarray  # [E] float64, Å
+    vectors: np.ndarray  # [E, 3] float64, r_ij in Å
 
     @property
     def n_edges(self) -> int:
         return int(self.edge_index.shape[1])
+
+    def select(self, mask: np.ndarray) -> "Neighbors":
+        """The edges where ``mask`` is true (order, hence sorting, kept)."""
+        return Neighbors(self.edge_index[:, mask], self.shifts[mask], self.distances[mask], self.vectors[mask])
 
 
 def _binning_box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -74,8 +79,57 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float) -
         wraps[:, pbc] = np.floor(fractional[:, pbc]).astype(np.int64)
         positions = positions - wraps @ box
     calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True, sorted=True)
-    i, j, shifts, distances = calculator.compute(positions, box, pbc.tolist(), quantities="ijSd")
+    i, j, shifts, distances, vectors = calculator.compute(positions, box, pbc.tolist(), quantities="ijSdD")
     i = i.astype(np.int64)
     j = j.astype(np.int64)
     shifts = shifts.astype(np.int64) - wraps[j] + wraps[i]
-    return Neighbors(np.stack([i, j]), shifts, np.asarray(distances, dtype=np.float64))
+    return Neighbors(np.stack([i, j]), shifts, np.asarray(distances, np.float64), np.asarray(vectors, np.float64))
+
+
+class VerletList:
+    """Neighbour list with a skin, rebuilt only when needed.
+
+    The list is built for ``cutoff + skin``; while no atom has moved more than
+    ``skin / 2`` since, and cell, periodicity and atom count are unchanged, it
+    still holds every pair within ``cutoff``, so :meth:`update` only
+    recomputes the vectors of its edges and keeps those within ``cutoff``.
+    ``skin=0`` rebuilds at every call.
+    """
+
+    def __init__(self, cutoff: float, skin: float = 1.0):
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        self.cutoff = float(cutoff)
+        self.skin = float(skin)
+        self.n_builds = 0
+        self._list: Neighbors | None = None
+        self._reference: tuple | None = None  # positions, cell, pbc at the last build
+        self._shift_vectors: np.ndarray | None = None  # [E, 3] shifts @ cell
+
+    def _stale(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+        if self._list is None or self.skin == 0:
+            return True
+        reference_positions, reference_cell, reference_pbc = self._reference
+        if positions.shape != reference_positions.shape:
+            return True
+        if not (np.array_equal(cell, reference_cell) and np.array_equal(pbc, reference_pbc)):
+            return True
+        displacement = np.einsum("ij,ij->i", positions - reference_positions, positions - reference_positions)
+        return bool(displacement.max() > (0.5 * self.skin) ** 2)
+
+    def update(self, positions: np.ndarray, cell: np.ndarray, pbc) -> Neighbors:
+        """All pairs within ``cutoff`` for these positions (same convention as :func:`neighbor_list`)."""
+        positions = np.asarray(positions, dtype=np.float64)
+        cell = np.array(cell, dtype=np.float64)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+        if self._stale(positions, cell, pbc):
+            self._list = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
+            self._reference = (positions.copy(), cell, pbc)
+            self._shift_vectors = self._list.shifts @ cell
+            self.n_builds += 1
+        edges = self._list
+        i, j = edges.edge_index
+        vectors = positions[j] - positions[i] + self._shift_vectors
+        distances = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        current = Neighbors(edges.edge_index, edges.shifts, distances, vectors)
+        return current.select(distances < self.cutoff)

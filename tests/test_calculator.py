@@ -214,3 +214,20 @@ def test_missing_and_corrupt_model_files(tmp_path):
     (tmp_path / "corrupt.pt").write_text("not a model")
     with pytest.raises(mlip_md.ModelFileError):
         mlip_md.MLIPCalculator(tmp_path / "corrupt.pt")
+
+
+def test_results_do_not_depend_on_skin(model_file, cell):
+    from ase.md.verlet import VelocityVerlet
+
+    trajectories = []
+    for skin in (0.0, 1.5):
+        atoms = cell.copy()
+        atoms.set_momenta(np.random.default_rng(3).normal(0, 0.5, (len(atoms), 3)))
+        atoms.calc = mlip_md.MLIPCalculator(model_file, skin=skin)
+        dynamics = VelocityVerlet(atoms, timestep=1.0 * 0.0982269)  # 1 fs in ASE time units
+        energies = []
+        dynamics.attach(lambda: energies.append(atoms.get_potential_energy()), interval=5)
+        dynamics.run(40)
+        trajectories.append((np.array(energies), atoms.get_forces()))
+    np.testing.assert_allclose(trajectories[0][0], trajectories[1][0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(trajectories[0][1], trajectories[1][1], rtol=0, atol=1e-9)

@@ -73,3 +73,33 @@ def test_cost_grows_linearly():
         neighbor_list(a.positions, a.cell[:], a.pbc, 6.0).n_edges / len(a) for a in (small, large)
     ]
     assert counts[0] == counts[1] == 54
+
+
+def _canonical(neighbors):
+    """Edges as (i, j, shift) rows in lexicographic order, with their vectors."""
+    keys = np.column_stack([neighbors.edge_index.T, neighbors.shifts])
+    order = np.lexsort(keys.T[::-1])
+    return keys[order], neighbors.vectors[order]
+
+
+def test_verlet_list_reuses_and_rebuilds_correctly():
+    from mlip_md.neighbors import VerletList
+
+    atoms = random_cell(seed=9)
+    verlet = VerletList(cutoff=5.0, skin=1.0)
+    rng = np.random.default_rng(0)
+    for step in range(12):
+        current = _canonical(verlet.update(atoms.positions, atoms.cell[:], atoms.pbc))
+        fresh = _canonical(neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 5.0))
+        np.testing.assert_array_equal(current[0], fresh[0])
+        np.testing.assert_allclose(current[1], fresh[1], atol=1e-12)
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)  # well below skin/2 per step
+    assert verlet.n_builds < 6, "small moves must reuse the list"
+    builds = verlet.n_builds
+    atoms.positions[0] += [0.6, 0.0, 0.0]  # more than skin/2
+    verlet.update(atoms.positions, atoms.cell[:], atoms.pbc)
+    assert verlet.n_builds == builds + 1
+    atoms.set_cell(atoms.cell[:] * 1.01, scale_atoms=True)
+    strained = verlet.update(atoms.positions, atoms.cell[:], atoms.pbc)
+    assert verlet.n_builds == builds + 2
+    assert _edges(atoms, 5.0) == sorted(zip(*strained.edge_index, map(tuple, strained.shifts)))
