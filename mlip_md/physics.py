@@ -66,13 +66,15 @@ def hessian(
     positions: torch.Tensor,
     shift_vectors: torch.Tensor,
     dtype: torch.dtype,
-    chunk_size: int = 256,
+    chunk_size: int = 0,
 ) -> torch.Tensor:
     """Analytic Hessian ∂²E/∂x∂x of the ensemble-mean energy, ``[3N, 3N]`` in eV/Å².
 
     ``positions`` ``[N, 3]`` and ``shift_vectors`` ``[E, 3]`` (image offsets
     ``shifts @ cell``) in float64, Å. Rows are computed by batched
-    double-backward (``is_grads_batched``), ``chunk_size`` rows at a time.
+    double-backward (``is_grads_batched``), ``chunk_size`` rows at a time
+    (0: chosen from the number of edges; larger batches only pay off for
+    small graphs).
     """
     positions = positions.detach().requires_grad_(True)
     edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + shift_vectors
@@ -82,6 +84,8 @@ def hessian(
     n = gradient.shape[0]
     rows = []
     identity = torch.eye(n, dtype=gradient.dtype)
+    if chunk_size <= 0:
+        chunk_size = max(4, min(64, 16000 // max(1, edge_index.shape[1])))
     for start in range(0, n, chunk_size):
         probes = identity[start : start + chunk_size]
         (block,) = torch.autograd.grad(

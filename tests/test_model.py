@@ -8,7 +8,7 @@ import torch
 
 import mlip_md
 from conftest import make_model, random_cell
-from mlip_md.model.graph import cutoff_envelope
+from mlip_md.model.graph import EXPONENT_FLOOR, log_cutoff_envelope
 from mlip_md.model.layers import InverseSensitivity
 from mlip_md.neighbors import neighbor_list
 
@@ -69,20 +69,25 @@ def test_isolated_atoms_get_reference_energies():
 
 
 def test_envelope_vanishes_smoothly_at_cutoff():
-    r = torch.tensor([6.0 - 1e-6, 6.0, 6.0 + 1e-6, 9.0], dtype=torch.float64, requires_grad=True)
-    values = cutoff_envelope(r, 6.0)
+    r = torch.tensor([6.0 - 1e-6, 6.0, 6.0 + 1e-6, 9.0, 12.0], dtype=torch.float64, requires_grad=True)
+    values = torch.exp(torch.clamp_min(log_cutoff_envelope(r, 6.0), EXPONENT_FLOOR))
     (gradient,) = torch.autograd.grad(values.sum(), r)
-    assert values[1:].abs().max() == 0 and values[0].abs().max() < 1e-10
+    assert values[0] < 1e-12 and values[1:].max() < 1e-34
     assert gradient.abs().max() < 1e-5
-    assert cutoff_envelope(torch.tensor([0.0]), 6.0).item() == 1.0
+    inside = torch.tensor([0.5, 3.0, 5.5], dtype=torch.float64)
+    expected = torch.cos(torch.pi * inside / 12.0) ** 2
+    torch.testing.assert_close(torch.exp(log_cutoff_envelope(inside, 6.0)), expected, rtol=1e-13, atol=0)
 
 
-def test_sensitivities_are_gaussians_in_inverse_distance():
+def test_sensitivities_follow_the_paper_formula():
     sensitivity = InverseSensitivity(5, 1.0, 4.0, 6.0).double()
-    r = torch.linspace(0.8, 7.0, 50, dtype=torch.float64)
+    r = torch.linspace(0.8, 5.9, 50, dtype=torch.float64)
+    inverse = 1 / r
+    terms = torch.stack([inverse**2, inverse, torch.ones_like(r), log_cutoff_envelope(r, 6.0)], dim=-1)
     centers, widths = sensitivity.inverse_centers.detach(), sensitivity.widths.detach()
-    expected = torch.exp(-((1 / r[:, None] - centers) ** 2) / (2 * widths**2))
-    torch.testing.assert_close(sensitivity(r), expected, rtol=1e-12, atol=1e-14)
+    gauss = torch.exp(-((inverse[:, None] - centers) ** 2) / (2 * widths**2))
+    expected = gauss * (torch.cos(torch.pi * r / 12.0) ** 2)[:, None]
+    torch.testing.assert_close(sensitivity(terms), expected, rtol=1e-10, atol=1e-30)
     torch.testing.assert_close(centers, torch.linspace(0.25, 1.0, 5, dtype=torch.float64))
 
 

@@ -13,27 +13,38 @@ from typing import NamedTuple
 import torch
 
 
-def cutoff_envelope(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """φ_cut(r) = cos²(π r / (2 r_cut)) for r < r_cut, else 0 (same shape as ``distances``).
+# Sensitivity exponents are clamped here: exp(-80) ≈ 2e-35 is zero for all
+# purposes, and exp of inputs that underflow is ~10x slower on CPUs.
+EXPONENT_FLOOR = -80.0
+
+
+def log_cutoff_envelope(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """log φ_cut(r), φ_cut(r) = cos²(π r / (2 r_cut)) for r < r_cut, else 0.
 
     φ_cut and its first derivative vanish at r_cut, so energies and forces
-    are continuous when an atom crosses the cutoff.
+    are continuous when an atom crosses the cutoff. Beyond the cutoff the
+    log is -160 = 2 · EXPONENT_FLOOR (φ_cut is 0 after the sensitivity's clamp;
+    a literal because TorchScript cannot read module globals).
     """
     cosine = torch.cos((0.5 * math.pi / cutoff) * distances)
-    return torch.where(distances < cutoff, cosine * cosine, torch.zeros_like(distances))
+    inside = distances < cutoff
+    safe = torch.where(inside, cosine * cosine, torch.ones_like(distances))
+    return torch.where(inside, torch.log(safe), torch.full_like(distances, -160.0))
 
 
 class PaddedNeighbors(NamedTuple):
     """Neighbours of every atom, padded to the largest neighbour count ``K``.
 
-    Padding slots point at atom 0 and sit at twice the cutoff, so their
-    envelope, and with it their contribution, is exactly zero.
+    ``radial_terms`` holds, per neighbour, (1/r², 1/r, 1, log φ_cut(r)):
+    every sensitivity exponent of every layer is a linear combination of
+    these (see :class:`mlip_md.model.layers.InverseSensitivity`). Padding
+    slots point at atom 0 and sit at twice the cutoff, where φ_cut = 0.
     """
 
     species: torch.Tensor  # [N] int64, index into the model's element list
     neighbors: torch.Tensor  # [N, K] int64, neighbour atom index j
     distances: torch.Tensor  # [N, K] float, |r_ij| in Å
-    envelope: torch.Tensor  # [N, K] float, φ_cut(|r_ij|)
+    radial_terms: torch.Tensor  # [N, K, 4] float: 1/r², 1/r, 1, log φ_cut(r)
 
 
 def pad_neighbors(
@@ -70,9 +81,9 @@ def pad_neighbors(
         n_atoms * width, dtype=torch.long, device=centers.device
     ).index_copy(0, flat, others)
     padded_distances = padded_distances.view(n_atoms, width)
-    return PaddedNeighbors(
-        species,
-        padded_neighbors.view(n_atoms, width),
-        padded_distances,
-        cutoff_envelope(padded_distances, cutoff),
+    inverse = padded_distances.reciprocal()
+    radial_terms = torch.stack(
+        [inverse * inverse, inverse, torch.ones_like(inverse), log_cutoff_envelope(padded_distances, cutoff)],
+        dim=-1,
     )
+    return PaddedNeighbors(species, padded_neighbors.view(n_atoms, width), padded_distances, radial_terms)

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from mlip_md.model.graph import PaddedNeighbors
+from mlip_md.model.graph import EXPONENT_FLOOR, PaddedNeighbors
 
 ACTIVATIONS = {"softplus": nn.Softplus, "silu": nn.SiLU, "tanh": nn.Tanh, "celu": nn.CELU}
 
@@ -18,15 +18,13 @@ def make_activation(name: str) -> nn.Module:
 
 
 class InverseSensitivity(nn.Module):
-    """Gaussian sensitivities in inverse distance (without the cutoff factor).
+    """HIP-NN sensitivities: Gaussians in inverse distance times the cutoff envelope.
 
-    g_ν(r) = exp(-(1/r − 1/μ_ν)² / (2 σ_ν²)); the full HIP-NN sensitivity is
-    s_ν(r) = g_ν(r) · φ_cut(r) with φ_cut from
-    :func:`mlip_md.model.graph.cutoff_envelope`, applied in :class:`Interaction`.
+    s_ν(r) = exp(-(1/r − 1/μ_ν)² / (2 σ_ν²)) · φ_cut(r)
 
     The centres 1/μ_ν start evenly spaced in 1/r between 1/dist_soft_max and
     1/dist_soft_min, the widths σ_ν (Å⁻¹) equal to that spacing; both are
-    trained.
+    trained. φ_cut is :func:`mlip_md.model.graph.log_cutoff_envelope`'s cos².
     """
 
     def __init__(self, n_sensitivities: int, dist_soft_min: float, dist_soft_max: float, cutoff: float):
@@ -42,25 +40,22 @@ class InverseSensitivity(nn.Module):
         spacing = (1.0 / dist_soft_min - 1.0 / dist_soft_max) / (n_sensitivities - 1)
         self.inverse_centers = nn.Parameter(inverse_centers)  # [n_sens], 1/Å
         self.widths = nn.Parameter(torch.full((n_sensitivities,), spacing))  # [n_sens], 1/Å
+        self.exponent_floor = EXPONENT_FLOOR
 
-    def forward(self, distances: torch.Tensor) -> torch.Tensor:
-        """``distances`` ``[N, K]`` in Å → Gaussians ``[N, K, n_sens]``.
+    def forward(self, radial_terms: torch.Tensor) -> torch.Tensor:
+        """``radial_terms`` ``[N, K, 4]`` (1/r², 1/r, 1, log φ_cut) → ``[N, K, n_sens]``.
 
-        The Gaussian exponent is expanded as a quadratic in u = 1/r,
-        −(u − c)²/(2σ²) = a u² + b u + d, so that all ``n_sens`` exponents come
-        from one small matrix product: far fewer ``[N, K, n_sens]``
-        temporaries than the broadcast form, which is what costs time here.
+        The exponent −(u − c)²/(2σ²) + log φ_cut, u = 1/r, is expanded as
+        a u² + b u + d + log φ_cut, so all ``n_sens`` exponents come from one
+        small matrix product followed by one exp: the fewest ``[N, K, n_sens]``
+        temporaries, which is what costs time here.
         """
-        inverse = distances.reciprocal()  # [N, K]
-        powers = torch.stack([inverse * inverse, inverse, torch.ones_like(inverse)], dim=-1)  # [N, K, 3]
         precision = self.widths.reciprocal().square()  # [n_sens]
         centers = self.inverse_centers
         coefficients = torch.stack(
-            [-0.5 * precision, centers * precision, -0.5 * centers * centers * precision]
-        )  # [3, n_sens]
-        # Exponents below -80 are clamped: exp(-80) ≈ 2e-35 is zero for all
-        # purposes, and exp of underflowing inputs is ~10x slower on CPUs.
-        return torch.exp(torch.clamp_min(powers @ coefficients, -80.0))
+            [-0.5 * precision, centers * precision, -0.5 * centers * centers * precision, torch.ones_like(centers)]
+        )  # [4, n_sens]
+        return torch.exp(torch.clamp_min(radial_terms @ coefficients, self.exponent_floor))
 
     def extra_repr(self) -> str:
         return f"n_sensitivities={self.inverse_centers.shape[0]}"
@@ -69,11 +64,7 @@ class InverseSensitivity(nn.Module):
 class Interaction(nn.Module):
     """HIP-NN interaction layer.
 
-    z'_i = f( Σ_{ν,b} V_{ν,b,a} Σ_j s_ν(r_ij) z_{j,b} + W z_i + c ),
-    s_ν(r) = g_ν(r) · φ_cut(r).
-
-    The cutoff factor multiplies the neighbour features rather than the
-    ``[N, K, n_sens]`` Gaussians: the same sum, fewer large temporaries.
+    z'_i = f( Σ_{ν,b} V_{ν,b,a} Σ_j s_ν(r_ij) z_{j,b} + W z_i + c )
     """
 
     def __init__(
@@ -97,10 +88,9 @@ class Interaction(nn.Module):
     def forward(self, features: torch.Tensor, graph: PaddedNeighbors) -> torch.Tensor:
         """``features`` ``[N, n_in]`` → ``[N, n_out]``."""
         n_atoms, width = graph.neighbors.shape
-        gaussians = self.sensitivity(graph.distances)  # [N, K, n_sens]
+        sensitivities = self.sensitivity(graph.radial_terms)  # [N, K, n_sens]
         neighbor_features = features.index_select(0, graph.neighbors.reshape(-1))
         neighbor_features = neighbor_features.view(n_atoms, width, features.shape[1])  # [N, K, n_in]
-        neighbor_features = neighbor_features * graph.envelope.unsqueeze(-1)
-        environment = torch.bmm(gaussians.transpose(1, 2), neighbor_features)  # [N, n_sens, n_in]
+        environment = torch.bmm(sensitivities.transpose(1, 2), neighbor_features)  # [N, n_sens, n_in]
         interaction = environment.reshape(n_atoms, -1) @ self.interaction_weights  # [N, n_out]
         return self.activation(interaction + self.self_interaction(features))

@@ -1,0 +1,35 @@
+"""Process-level performance settings, applied only when asked for."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's upper limit on 64-bit systems
+_TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+
+def keep_freed_memory() -> bool:
+    """Asks glibc's malloc to reuse freed memory instead of returning it to the OS.
+
+    Each model evaluation allocates and frees tens of MB of temporaries.
+    With glibc's defaults every such block is a fresh ``mmap`` whose pages
+    fault in on first touch, which on virtual machines costs more than the
+    arithmetic (measured here: 25–40 % of a 2,048-atom step). After this call
+    blocks up to 32 MB come from the heap and up to 1 GB of freed memory is
+    kept for reuse, so resident memory stays at its peak.
+
+    Returns True if the settings were applied (Linux with glibc), else False.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
