@@ -25,10 +25,10 @@ def forces_from_edge_gradients(
     """F_k = Σ_{e: i_e=k} g_e − Σ_{e: j_e=k} g_e; ``edge_gradients`` ``[M, E, 3]`` → ``[M, N, 3]``."""
     n_members, n_edges, _ = edge_gradients.shape
     rows = edge_gradients.permute(1, 0, 2).reshape(n_edges, 3 * n_members)  # [E, 3M]
-    forces = rows.new_zeros(n_atoms, 3 * n_members)
-    forces.index_add_(0, edge_index[0], rows)  # row-wise scatter: the fast path
-    forces.index_add_(0, edge_index[1], rows, alpha=-1)
-    return forces.view(n_atoms, n_members, 3).permute(1, 0, 2)
+    # Row-wise scatters without `alpha`: torch's alpha != 1 path is ~10x slower.
+    outgoing = rows.new_zeros(n_atoms, 3 * n_members).index_add_(0, edge_index[0], rows)
+    incoming = rows.new_zeros(n_atoms, 3 * n_members).index_add_(0, edge_index[1], rows)
+    return (outgoing - incoming).view(n_atoms, n_members, 3).permute(1, 0, 2)
 
 
 def evaluate_edges(
