@@ -34,7 +34,8 @@ def make_model(species=("Al", "Cu"), seed=0, readout_scale=40.0, repulsive=False
                 n_sensitivities = interaction.sensitivity.inverse_centers.shape[0]
                 ramp = torch.linspace(0.0, 1.0, n_sensitivities) ** 2
                 weights = interaction.interaction_weights
-                weights.copy_((weights.view(n_sensitivities, -1) * ramp[:, None]).view_as(weights))
+                # Rows of V are ordered (input feature b, sensitivity ν).
+                weights.copy_((weights.view(-1, n_sensitivities, weights.shape[1]) * ramp[:, None]).view_as(weights))
         for readout in model.readouts:
             readout.weight.mul_(readout_scale)
     return model

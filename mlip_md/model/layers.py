@@ -79,7 +79,7 @@ class Interaction(nn.Module):
     ):
         super().__init__()
         self.sensitivity = InverseSensitivity(n_sensitivities, dist_soft_min, dist_soft_max, cutoff)
-        # V flattened over (ν, b) so that the neighbour sum feeds one matmul.
+        # V flattened over (b, ν) so that the neighbour sum feeds one matmul.
         scale = 1.0 / math.sqrt(n_sensitivities * n_in)
         self.interaction_weights = nn.Parameter(torch.randn(n_sensitivities * n_in, n_out) * scale)
         self.self_interaction = nn.Linear(n_in, n_out)
@@ -91,6 +91,14 @@ class Interaction(nn.Module):
         sensitivities = self.sensitivity(graph.radial_terms)  # [N, K, n_sens]
         neighbor_features = features.index_select(0, graph.neighbors.reshape(-1))
         neighbor_features = neighbor_features.view(n_atoms, width, features.shape[1])  # [N, K, n_in]
-        environment = torch.bmm(sensitivities.transpose(1, 2), neighbor_features)  # [N, n_sens, n_in]
+        if features.shape[1] <= 4:
+            # Narrow inputs (the species one-hot of the first layer): a batched
+            # product with an inner size this small is slow, above all its
+            # backward; a masked sum per input feature is not.
+            columns = [(sensitivities * neighbor_features[:, :, b : b + 1]).sum(1) for b in range(features.shape[1])]
+            environment = torch.stack(columns, dim=1)  # [N, n_in, n_sens]
+        else:
+            # Oriented so that the gradient of the sensitivities comes out contiguous.
+            environment = torch.bmm(neighbor_features.transpose(1, 2), sensitivities)  # [N, n_in, n_sens]
         interaction = environment.reshape(n_atoms, -1) @ self.interaction_weights  # [N, n_out]
         return self.activation(interaction + self.self_interaction(features))
