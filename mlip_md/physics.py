@@ -52,7 +52,8 @@ def evaluate_edges(
         gradients = gradients.unsqueeze(0)  # [1, E, 3]
     else:
         (gradients,) = torch.autograd.grad(
-            totals, edge_vectors, grad_outputs=torch.eye(n_members, dtype=totals.dtype), is_grads_batched=True
+            totals, edge_vectors, grad_outputs=torch.eye(n_members, dtype=totals.dtype, device=totals.device),
+            is_grads_batched=True,
         )  # [M, E, 3]
     forces = forces_from_edge_gradients(edge_index, gradients, species.shape[0])
     virial = -torch.einsum("ea,meb->mab", edge_vectors.detach(), gradients)
@@ -83,7 +84,7 @@ def hessian(
     gradient = gradient.reshape(-1)  # [3N]
     n = gradient.shape[0]
     rows = []
-    identity = torch.eye(n, dtype=gradient.dtype)
+    identity = torch.eye(n, dtype=gradient.dtype, device=gradient.device)
     if chunk_size <= 0:
         chunk_size = max(4, min(64, 16000 // max(1, edge_index.shape[1])))
     for start in range(0, n, chunk_size):

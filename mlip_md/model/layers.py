@@ -55,7 +55,10 @@ class InverseSensitivity(nn.Module):
         coefficients = torch.stack(
             [-0.5 * precision, centers * precision, -0.5 * centers * centers * precision, torch.ones_like(centers)]
         )  # [4, n_sens]
-        return torch.exp(torch.clamp_min(radial_terms @ coefficients, self.exponent_floor))
+        exponents = radial_terms @ coefficients  # [N, K, n_sens]
+        # threshold == clamp_min here; its eager-autograd backward (training)
+        # is ~3x faster.
+        return torch.exp(nn.functional.threshold(exponents, self.exponent_floor, self.exponent_floor))
 
     def extra_repr(self) -> str:
         return f"n_sensitivities={self.inverse_centers.shape[0]}"
@@ -89,8 +92,9 @@ class Interaction(nn.Module):
         """``features`` ``[N, n_in]`` → ``[N, n_out]``."""
         n_atoms, width = graph.neighbors.shape
         sensitivities = self.sensitivity(graph.radial_terms)  # [N, K, n_sens]
-        neighbor_features = features.index_select(0, graph.neighbors.reshape(-1))
-        neighbor_features = neighbor_features.view(n_atoms, width, features.shape[1])  # [N, K, n_in]
+        # Advanced indexing rather than index_select: in eager autograd
+        # (training) its backward is ~2x faster than index_select's.
+        neighbor_features = features[graph.neighbors]  # [N, K, n_in]
         if features.shape[1] <= 4:
             # Narrow inputs (the species one-hot of the first layer): a batched
             # product with an inner size this small is slow, above all its

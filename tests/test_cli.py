@@ -1,0 +1,41 @@
+"""The `mlip-md` command line and the example scripts."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlip_md.cli import main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_demo_exports_and_runs_md(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--repeat", "2", "--steps", "20", "--log-interval", "10"]) == 0
+    output = capsys.readouterr().out
+    assert (tmp_path / "demo_model.pt").is_file()
+    assert "NVE: 32 Al atoms, 20 steps" in output
+    rows = [line.split() for line in output.splitlines() if line.strip().split(" ")[0].isdigit()]
+    assert [row[0] for row in rows] == ["0", "10", "20"]
+    assert "total-energy drift" in output
+
+
+def test_info_prints_metadata(tmp_path, capsys, model_file):
+    assert main(["info", str(model_file)]) == 0
+    metadata = json.loads(capsys.readouterr().out)
+    assert metadata["species"] == ["Al", "Cu"] and metadata["format_version"] == 1
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.pt")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["vibrations.py", "ensemble_uncertainty.py"])
+def test_examples_run(script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [script])
+    runpy.run_path(str(EXAMPLES / script), run_name="__main__")
