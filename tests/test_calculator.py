@@ -231,3 +231,11 @@ def test_results_do_not_depend_on_skin(model_file, cell):
         trajectories.append((np.array(energies), atoms.get_forces()))
     np.testing.assert_allclose(trajectories[0][0], trajectories[1][0], rtol=0, atol=1e-10)
     np.testing.assert_allclose(trajectories[0][1], trajectories[1][1], rtol=0, atol=1e-9)
+
+
+def test_ensemble_hessian_is_mean_of_members(tmp_path, cluster):
+    members = [make_model(seed=seed) for seed in (4, 5)]
+    ensemble = mlip_md.MLIPCalculator(mlip_md.export(members, tmp_path / "pair.pt"))
+    singles = [mlip_md.MLIPCalculator(mlip_md.export(m, tmp_path / f"h{k}.pt")) for k, m in enumerate(members)]
+    expected = np.mean([single.get_hessian(cluster) for single in singles], axis=0)
+    np.testing.assert_allclose(ensemble.get_hessian(cluster), expected, rtol=0, atol=1e-10)

@@ -112,3 +112,34 @@ def test_missing_metadata_key(tmp_path, model_file):
 
 def test_file_is_a_single_archive(model_file):
     assert zipfile.is_zipfile(model_file)
+
+
+def _edges(atoms, cutoff):
+    from mlip_md.neighbors import neighbor_list
+
+    neighbors = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, cutoff)
+    return torch.from_numpy(neighbors.edge_index), torch.from_numpy(neighbors.vectors)
+
+
+def test_exported_file_matches_eager_model(tmp_path):
+    from conftest import random_cell
+
+    model = make_model().double()
+    atoms = random_cell()
+    species = torch.tensor([0 if s == "Al" else 1 for s in atoms.get_chemical_symbols()])
+    edge_index, vectors = _edges(atoms, 6.0)
+    exported = load_exported(mlip_md.export(model, tmp_path / "m.pt")).module
+    torch.testing.assert_close(exported(species, edge_index, vectors)[0], model(species, edge_index, vectors),
+                               rtol=0, atol=1e-10)
+
+
+def test_edges_beyond_cutoff_are_ignored(model_file):
+    """Callers with a skin (LAMMPS, Verlet lists) may pass longer edges."""
+    from conftest import random_cell
+
+    atoms = random_cell(seed=2)
+    species = torch.tensor([0 if s == "Al" else 1 for s in atoms.get_chemical_symbols()])
+    module = load_exported(model_file).module
+    exact = module(species, *_edges(atoms, 6.0))
+    with_skin = module(species, *_edges(atoms, 7.5))
+    torch.testing.assert_close(with_skin, exact, rtol=0, atol=1e-12)
