@@ -13,7 +13,7 @@ The level-0 terms are the per-species reference energies (eV), normally fit
 by least squares on the training set before training the rest.
 """
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -55,7 +55,7 @@ class HIPNN(nn.Module):
         n_atom_layers: int = 3,
         cutoff: float = 6.0,
         dist_soft_min: float = 0.85,
-        dist_soft_max: float = -1.0,
+        dist_soft_max: Optional[float] = None,
         activation: str = "softplus",
     ):
         super().__init__()
@@ -64,7 +64,7 @@ class HIPNN(nn.Module):
             raise ValueError(f"n_interactions must be at least 1, got {n_interactions}")
         if n_features < 1 or n_atom_layers < 0:
             raise ValueError(f"need n_features >= 1 and n_atom_layers >= 0, got {n_features}, {n_atom_layers}")
-        if dist_soft_max <= 0:
+        if dist_soft_max is None:
             dist_soft_max = 0.8 * cutoff
         self.config: Dict[str, object] = dict(
             species=list(species),
