@@ -53,7 +53,6 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"  # before torch is imported
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -69,6 +68,7 @@ from ase.build import bulk  # noqa: E402
 
 import mlip_md  # noqa: E402
 from mlip_md.neighbors import neighbor_list  # noqa: E402
+from _report import save_report  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -90,7 +90,6 @@ RATTLE = 0.05  # Å
 MOVE = 1e-3  # Å, σ of the displacement applied before every call
 WARMUP = 3
 SEED = 0
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "ase_speed.json"
 LABEL_WIDTH = 40  # first column of the printed table
 
 
@@ -346,17 +345,15 @@ def main():
     summary = summarise(per_size)
     print_table(per_size, summary)
     info["load_average_at_end"] = os.getloadavg()
-    report = {
-        "description": "energy+forces(+stress) per ASE get_forces() call, median µs per atom-step",
-        "settings": dict(cutoff=CUTOFF, lattice=LATTICE, rattle=RATTLE, move=MOVE, warmup=WARMUP,
-                         repeats=args.repeats, seed=SEED, ours=OUR_ARCHITECTURE, hippynn=HIPPYNN_ARCHITECTURE),
-        "environment": info,
-        "sizes": per_size,
-        "summary": summary,
-    }
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {RESULTS_FILE}")
+    save_report(
+        "ase_speed",
+        "energy+forces(+stress) per ASE get_forces() call, median µs per atom-step",
+        settings=dict(cutoff=CUTOFF, lattice=LATTICE, rattle=RATTLE, move=MOVE, warmup=WARMUP,
+                      repeats=args.repeats, seed=SEED, ours=OUR_ARCHITECTURE, hippynn=HIPPYNN_ARCHITECTURE),
+        environment=info,
+        sizes=per_size,
+        summary=summary,
+    )
 
 
 if __name__ == "__main__":

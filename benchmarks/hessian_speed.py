@@ -43,7 +43,6 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import itertools  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -56,6 +55,7 @@ import torch  # noqa: E402
 from ase.neighborlist import natural_cutoffs, neighbor_list as ase_neighbor_list  # noqa: E402
 
 import mlip_md  # noqa: E402
+from _report import save_report  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -63,7 +63,6 @@ ARCHITECTURE = dict(n_interactions=2, n_features=20, n_sensitivities=20, n_atom_
 SPECIES = ["C", "H", "O", "N"]
 SEED = 0
 RATTLE = 0.01  # Å
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "hessian_speed.json"
 
 
 # -- geometries ----------------------------------------------------------------------
@@ -249,18 +248,16 @@ def main():
               f"{args.repeats} repeats\n")
         results = [measure(name, atoms, calculator, args.repeats, args.step) for name, atoms in systems.items()]
     print_table(results, args.step)
-    report = {
-        "description": "analytic Hessian (MLIPCalculator.get_hessian) vs central finite differences of forces",
-        "settings": dict(architecture=ARCHITECTURE, species=SPECIES, dtype="float64", step=args.step,
-                         repeats=args.repeats, seed=SEED),
-        "environment": dict(python=platform.python_version(), torch=torch.__version__, ase=ase.__version__,
-                            mlip_md=mlip_md.__version__, torch_threads=torch.get_num_threads(),
-                            load_average=os.getloadavg()),
-        "results": results,
-    }
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(report, indent=2))
-    print(f"wrote {RESULTS_FILE}")
+    save_report(
+        "hessian_speed",
+        "analytic Hessian (MLIPCalculator.get_hessian) vs central finite differences of forces",
+        settings=dict(architecture=ARCHITECTURE, species=SPECIES, dtype="float64", step=args.step,
+                      repeats=args.repeats, seed=SEED),
+        environment=dict(python=platform.python_version(), torch=torch.__version__, ase=ase.__version__,
+                         mlip_md=mlip_md.__version__, torch_threads=torch.get_num_threads(),
+                         load_average=os.getloadavg()),
+        results=results,
+    )
 
 
 if __name__ == "__main__":

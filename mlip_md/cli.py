@@ -27,7 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
                           n_atom_layers=3, cutoff=args.cutoff)
     path = mlip_md.export(model, os.path.join(args.out, "demo_model.pt"), dtype=args.dtype)
     print(f"exported model: {path}")
-    print(f"  (random weights: training arrives with `mlip-md train`; this checks the pipeline)")
+    print("  (random weights: training arrives with `mlip-md train`; this checks the pipeline)")
     atoms = bulk("Al", "fcc", a=4.05, cubic=True) * ((args.repeat,) * 3)
     atoms.rattle(0.05, seed=args.seed)
     atoms.calc = MLIPCalculator(path)
