@@ -1,0 +1,151 @@
+"""Labelled configurations read from any ASE-readable file (extended XYZ, ASE db, ...).
+
+Units are ASE's: energies in eV, forces in eV/Å, positions and cells in Å.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
+
+from mlip_md.species import SpeciesMap
+
+
+class LabelError(ValueError):
+    """A configuration lacks a label it needs, or carries a malformed one."""
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One labelled structure.
+
+    ``energy`` eV; ``forces`` ``[N, 3]`` eV/Å or None; ``source`` names the
+    file and index it came from (provenance for error messages and logs).
+    """
+
+    numbers: np.ndarray  # [N] int
+    positions: np.ndarray  # [N, 3] Å
+    cell: np.ndarray  # [3, 3] Å
+    pbc: np.ndarray  # [3] bool
+    energy: float
+    forces: Optional[np.ndarray]
+    source: str
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+    def to_atoms(self) -> Atoms:
+        return Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+
+
+def _label(atoms: Atoms, key: str, per_atom: bool):
+    """A label from ``atoms.info``/``atoms.arrays`` or, failing that, its calculator's results."""
+    store = atoms.arrays if per_atom else atoms.info
+    if key in store:
+        return store[key]
+    if atoms.calc is not None and key in ("energy", "forces"):
+        try:
+            return atoms.get_forces(apply_constraint=False) if key == "forces" else atoms.get_potential_energy()
+        except (PropertyNotImplementedError, RuntimeError):
+            return None
+    return None
+
+
+def configuration_from_atoms(
+    atoms: Atoms,
+    source: str = "memory",
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    require_forces: bool = True,
+) -> Configuration:
+    """A :class:`Configuration` from labelled ``Atoms`` (see :func:`read_configurations`)."""
+    energy = _label(atoms, energy_key, per_atom=False)
+    if energy is None:
+        raise LabelError(f"{source}: no energy label (looked for info[{energy_key!r}] and calculator results)")
+    energy = float(np.asarray(energy))
+    if not np.isfinite(energy):
+        raise LabelError(f"{source}: energy is not finite ({energy})")
+    forces = _label(atoms, forces_key, per_atom=True)
+    if forces is None and require_forces:
+        raise LabelError(f"{source}: no forces label (looked for arrays[{forces_key!r}] and calculator results)")
+    if forces is not None:
+        forces = np.asarray(forces, dtype=np.float64)
+        if forces.shape != (len(atoms), 3):
+            raise LabelError(f"{source}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
+        if not np.isfinite(forces).all():
+            raise LabelError(f"{source}: forces contain NaN or inf")
+    return Configuration(
+        numbers=atoms.numbers.copy(),
+        positions=atoms.positions.copy(),
+        cell=atoms.cell[:].copy(),
+        pbc=atoms.pbc.copy(),
+        energy=energy,
+        forces=forces,
+        source=source,
+    )
+
+
+def read_configurations(
+    path: str | os.PathLike,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    require_forces: bool = True,
+    index: str = ":",
+) -> List[Configuration]:
+    """Reads every labelled configuration of an ASE-readable file.
+
+    Labels come from ``atoms.info[energy_key]`` / ``atoms.arrays[forces_key]``
+    or from the attached (single-point) calculator, as ASE stores them in
+    extended XYZ files and databases. Raises FileNotFoundError, or
+    :class:`LabelError` naming the configuration and the missing label.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    images = ase.io.read(path, index=index, parallel=False)
+    images = images if isinstance(images, list) else [images]
+    if not images:
+        raise LabelError(f"{path}: contains no configurations")
+    return [
+        configuration_from_atoms(atoms, f"{path}[{k}]", energy_key, forces_key, require_forces)
+        for k, atoms in enumerate(images)
+    ]
+
+
+def split_indices(
+    n: int, valid_fraction: float, test_fraction: float = 0.0, seed: int = 0
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reproducible random train/validation/test index split of ``n`` items."""
+    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise ValueError(
+            f"need 0 <= valid_fraction, test_fraction and their sum < 1, got {valid_fraction}, {test_fraction}"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    n_valid = int(round(valid_fraction * n))
+    n_test = int(round(test_fraction * n))
+    if n - n_valid - n_test < 1:
+        raise ValueError(f"{n} configurations leave no training data after the split")
+    return order[n_valid + n_test :], order[:n_valid], order[n_valid : n_valid + n_test]
+
+
+def fit_reference_energies(configurations: Sequence[Configuration], species: Sequence[str]) -> np.ndarray:
+    """Per-species reference energies (eV) by least squares: E ≈ Σ_s count_s · e_s.
+
+    Returns ``[n_species]`` in the order of ``species``. Species absent from
+    the data get 0; with fewer distinct compositions than species the
+    minimum-norm solution is returned.
+    """
+    species_map = SpeciesMap(species)
+    counts = np.zeros((len(configurations), len(species)))
+    for row, configuration in enumerate(configurations):
+        counts[row] = np.bincount(species_map(configuration.numbers), minlength=len(species))
+    energies = np.array([c.energy for c in configurations])
+    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return solution

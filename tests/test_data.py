@@ -1,0 +1,122 @@
+"""Labelled data: reading (extxyz, ASE db), label checks, splits, reference energies, batches."""
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.db import connect
+from ase.io import write
+
+import mlip_md
+from conftest import make_model
+from mlip_md.data import (
+    GraphCache,
+    LabelError,
+    collate,
+    configuration_from_atoms,
+    fit_reference_energies,
+    read_configurations,
+    split_indices,
+)
+from mlip_md.species import SpeciesMap
+
+
+def _emt_images(n=6, seed=0):
+    """Rattled, strained Al/Cu cells labelled by ASE's EMT (a real reference calculator)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for k in range(n):
+        atoms = bulk("Al", "fcc", a=4.05, cubic=True) * (2, 1, 1)
+        atoms.symbols[: k % 3] = "Cu"
+        atoms.set_cell(atoms.cell[:] * (1 + rng.normal(0, 0.01, (3, 3))), scale_atoms=True)
+        atoms.rattle(0.1, seed=k)
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        images.append(atoms)
+    return images
+
+
+@pytest.mark.parametrize("suffix", ["extxyz", "db"])
+def test_reads_labels_written_by_ase(tmp_path, suffix):
+    images = _emt_images()
+    path = tmp_path / f"data.{suffix}"
+    if suffix == "db":
+        with connect(path) as database:
+            for atoms in images:
+                database.write(atoms)
+    else:
+        write(path, images)
+    configurations = read_configurations(path)
+    assert len(configurations) == len(images)
+    for configuration, atoms in zip(configurations, images):
+        assert configuration.energy == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+        np.testing.assert_allclose(configuration.forces, atoms.get_forces(), atol=1e-7)
+        np.testing.assert_allclose(configuration.positions, atoms.positions, atol=1e-7)  # extxyz: 8 decimals
+        assert configuration.source.startswith(str(path))
+
+
+def test_label_errors_name_the_configuration(tmp_path):
+    images = _emt_images(3)
+    images[1].calc = SinglePointCalculator(images[1], energy=1.0)  # energy only
+    path = tmp_path / "partial.extxyz"
+    write(path, images)
+    with pytest.raises(LabelError, match=r"partial.extxyz\[1\]: no forces label"):
+        read_configurations(path)
+    energy_only = read_configurations(path, require_forces=False)
+    assert energy_only[1].forces is None and energy_only[0].forces is not None
+    unlabelled = tmp_path / "bare.extxyz"
+    write(unlabelled, bulk("Al"))
+    with pytest.raises(LabelError, match="no energy label"):
+        read_configurations(unlabelled)
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        read_configurations(tmp_path / "missing.extxyz")
+
+
+def test_split_is_reproducible_and_disjoint():
+    train, valid, test = split_indices(100, 0.1, 0.2, seed=3)
+    assert (len(train), len(valid), len(test)) == (70, 10, 20)
+    assert sorted(np.concatenate([train, valid, test]).tolist()) == list(range(100))
+    again = split_indices(100, 0.1, 0.2, seed=3)
+    assert all((a == b).all() for a, b in zip((train, valid, test), again))
+    assert not (split_indices(100, 0.1, 0.2, seed=4)[1] == valid).all()
+    with pytest.raises(ValueError, match="valid_fraction"):
+        split_indices(10, 0.6, 0.5)
+
+
+def test_reference_energies_by_least_squares():
+    images = _emt_images(9)
+    truth = {"Al": -3.2, "Cu": -1.1}
+    for atoms in images:
+        energy = sum(truth[s] for s in atoms.get_chemical_symbols())
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.zeros((len(atoms), 3)))
+    configurations = [configuration_from_atoms(atoms) for atoms in images]
+    np.testing.assert_allclose(fit_reference_energies(configurations, ["Al", "Cu"]), [-3.2, -1.1], atol=1e-10)
+
+
+def test_batch_reproduces_the_calculator(tmp_path):
+    """Energies per structure and forces from a batched graph equal the deployed calculator's."""
+    images = _emt_images(4)
+    path = tmp_path / "data.extxyz"
+    write(path, images)
+    configurations = read_configurations(path)
+    model = make_model().double()
+    calc = mlip_md.MLIPCalculator(mlip_md.export(model, tmp_path / "m.pt"))
+    batch = collate(GraphCache(configurations, model.cutoff), [2, 0, 3], SpeciesMap(model.species))
+    positions = batch.positions.clone().requires_grad_(True)
+    atom_energies = model(batch.species, batch.edge_index, batch.edge_vectors(positions))
+    energies = torch.zeros(batch.n_structures, dtype=torch.float64).index_add_(0, batch.structure, atom_energies)
+    (gradient,) = torch.autograd.grad(energies.sum(), positions)
+    forces = -gradient.numpy()
+    start = 0
+    for row, index in enumerate([2, 0, 3]):
+        atoms = configurations[index].to_atoms()
+        atoms.calc = calc
+        n = len(atoms)
+        assert energies[row].item() == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(forces[start : start + n], atoms.get_forces(), atol=1e-10)
+        np.testing.assert_allclose(batch.forces[start : start + n].numpy(), configurations[index].forces)
+        start += n
+    assert batch.energy.tolist() == [configurations[k].energy for k in (2, 0, 3)]
