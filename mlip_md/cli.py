@@ -43,6 +43,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    """Writes an EMT-labelled aluminium data set."""
+    from mlip_md.data.generate import generate_aluminium, write_images
+
+    images = generate_aluminium(args.n, seed=args.seed, temperatures=args.temperatures)
+    path = write_images(images, args.out)
+    sizes = [len(atoms) for atoms in images]
+    print(f"wrote {len(images)} configurations ({min(sizes)}-{max(sizes)} atoms) to {path}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     """Prints the metadata of an exported model as JSON."""
     print(json.dumps(load_exported(args.model).metadata, indent=2))
@@ -66,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo)
+
+    generate = commands.add_parser("generate", help="make an example labelled data set with a reference calculator")
+    generate.add_argument("system", choices=["aluminium"], help="aluminium: fcc Al labelled with ASE's EMT")
+    generate.add_argument("--n", type=int, default=500, help="number of configurations (default 500)")
+    generate.add_argument("--out", default="data/aluminium.extxyz", help="output file; format from the extension")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 600.0, 900.0],
+                          help="MD snapshot temperatures in K (default 300 600 900)")
+    generate.set_defaults(handler=_generate)
 
     info = commands.add_parser("info", help="print the metadata of an exported model")
     info.add_argument("model", help="exported model file")

@@ -120,3 +120,23 @@ def test_batch_reproduces_the_calculator(tmp_path):
         np.testing.assert_allclose(batch.forces[start : start + n].numpy(), configurations[index].forces)
         start += n
     assert batch.energy.tolist() == [configurations[k].energy for k in (2, 0, 3)]
+
+
+def test_generated_aluminium_is_labelled_reproducible_and_readable(tmp_path):
+    from mlip_md.cli import main
+    from mlip_md.data.generate import generate_aluminium
+
+    images = generate_aluminium(10, seed=1, temperatures=(300.0, 900.0))
+    kinds = [atoms.info["kind"] for atoms in images]
+    assert set(kinds) == {"rattled", "strained", "vacancy", "surface", "md_300K", "md_900K"}
+    assert all(30 <= len(atoms) <= 108 for atoms in images)
+    check = images[3].copy()
+    check.calc = EMT()
+    np.testing.assert_allclose(images[3].get_forces(), check.get_forces(), atol=1e-12)
+    again = generate_aluminium(10, seed=1, temperatures=(300.0, 900.0))
+    np.testing.assert_array_equal(images[-1].positions, again[-1].positions)
+
+    path = tmp_path / "al.extxyz"
+    assert main(["generate", "aluminium", "--n", "6", "--out", str(path), "--seed", "2"]) == 0
+    configurations = read_configurations(path)
+    assert len(configurations) == 6 and all(c.forces is not None for c in configurations)
