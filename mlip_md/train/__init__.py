@@ -1,0 +1,19 @@
+"""Training HIP-NN on energies, forces and Hessians."""
+
+from mlip_md.train.losses import (
+    Predictions,
+    energy_force_errors,
+    hessian_vector_error,
+    full_hessian_error,
+    predict,
+    sample_probes,
+)
+
+__all__ = [
+    "Predictions",
+    "energy_force_errors",
+    "full_hessian_error",
+    "hessian_vector_error",
+    "predict",
+    "sample_probes",
+]

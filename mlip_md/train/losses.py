@@ -1,0 +1,127 @@
+"""Model predictions on a batch and the loss terms of training.
+
+Hessian training uses Projected Hessian Learning: with probes v drawn so that
+E[v vᵀ] = I (Rademacher or standard Gaussian), the squared error of
+Hessian-vector products, ‖(H_θ − H_ref) v‖², is an unbiased estimate of the
+squared Frobenius error ‖H_θ − H_ref‖²_F, at the cost of one double-backward
+pass per probe instead of 3N for a full Hessian. H_θ v = ∇_x(∇_x E · v).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from mlip_md.data.batch import Batch
+from mlip_md.model.hipnn import HIPNN
+
+PROBE_KINDS = ("rademacher", "gaussian", "onehot")
+
+
+class Predictions(NamedTuple):
+    energy: torch.Tensor  # [B] eV
+    forces: torch.Tensor  # [N, 3] eV/Å
+    level_totals: torch.Tensor  # [n_levels, B] eV, per-level energy of each structure
+    positions: torch.Tensor  # [N, 3] the leaf the forces were taken against
+
+
+def predict(model: HIPNN, batch: Batch, create_graph: bool = True) -> Predictions:
+    """Energies, forces and per-level energies of every structure in ``batch``.
+
+    ``create_graph=True`` keeps the graph of the forces, for force losses
+    (and Hessian-vector products) to be differentiated in training.
+    """
+    positions = batch.positions.detach().requires_grad_(True)
+    layout = model.neighbor_layout(batch.species, batch.edge_index, batch.edge_vectors(positions))
+    levels = model.level_energies(layout)  # [n_levels, N]
+    level_totals = levels.new_zeros(levels.shape[0], batch.n_structures).index_add_(1, batch.structure, levels)
+    energy = level_totals.sum(0)
+    (gradient,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
+    return Predictions(energy, -gradient, level_totals, positions)
+
+
+def energy_force_errors(predictions: Predictions, batch: Batch) -> dict:
+    """Per-atom energy errors (eV/atom) and force-component errors (eV/Å) as RMSE and MAE tensors."""
+    energy_error = (predictions.energy - batch.energy) / batch.n_atoms
+    errors = {
+        "energy_rmse": energy_error.square().mean().sqrt(),
+        "energy_mae": energy_error.abs().mean(),
+    }
+    if batch.forces is not None:
+        force_error = predictions.forces - batch.forces
+        errors["forces_rmse"] = force_error.square().mean().sqrt()
+        errors["forces_mae"] = force_error.abs().mean()
+    return errors
+
+
+def sample_probes(
+    batch: Batch, n_probes: int, kind: str = "rademacher", generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """``[n_probes, N, 3]`` probe vectors, each configuration's block drawn independently.
+
+    ``rademacher`` (±1) and ``gaussian`` probes satisfy E[v vᵀ] = I;
+    ``onehot`` probes pick one random Cartesian coordinate per configuration
+    (one Hessian column), scaled by √(3n) so that E[v vᵀ] = I as well.
+    """
+    if kind not in PROBE_KINDS:
+        raise ValueError(f"unknown probe kind {kind!r}; choose one of {PROBE_KINDS}")
+    shape = (n_probes,) + tuple(batch.positions.shape)
+    dtype = batch.positions.dtype
+    if kind == "gaussian":
+        return torch.randn(shape, generator=generator, dtype=dtype)
+    if kind == "rademacher":
+        return torch.randint(0, 2, shape, generator=generator).to(dtype) * 2 - 1
+    probes = torch.zeros(shape, dtype=dtype)
+    starts = torch.cumsum(batch.n_atoms, 0) - batch.n_atoms
+    for structure, (start, n) in enumerate(zip(starts.tolist(), batch.n_atoms.tolist())):
+        picks = torch.randint(0, 3 * n, (n_probes,), generator=generator)
+        probes[torch.arange(n_probes), start + picks // 3, picks % 3] = (3.0 * n) ** 0.5
+    return probes
+
+
+def _per_structure_mean_square(values: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Σ over a structure's 3n components of ``values`` [..., N, 3] squared, / (3n)², averaged."""
+    squares = values.square().sum(-1)  # [..., N]
+    per_structure = squares.new_zeros(squares.shape[:-1] + (batch.n_structures,)).index_add_(
+        -1, batch.structure, squares
+    )
+    return (per_structure / (3.0 * batch.n_atoms.to(values.dtype)) ** 2).mean()
+
+
+def hessian_vector_error(
+    predictions: Predictions, probes: torch.Tensor, reference_products: torch.Tensor, batch: Batch
+) -> torch.Tensor:
+    """Mean squared Hessian-element error estimated from probes (eV²/Å⁴).
+
+    ``probes`` and ``reference_products`` (H_ref v) are ``[P, N, 3]``; the
+    model's H_θ v comes from double backward through ``predictions.forces``
+    (which must have been made with ``create_graph=True``). For a structure of
+    n atoms the estimate is ‖(H_θ − H_ref) v‖² / (3n)², whose expectation is
+    the mean of (H_θ − H_ref)² over the (3n)² Hessian elements.
+    """
+    products = []
+    for probe in probes:
+        (product,) = torch.autograd.grad(
+            predictions.forces, predictions.positions, grad_outputs=-probe, create_graph=True, retain_graph=True
+        )
+        products.append(product)
+    return _per_structure_mean_square(torch.stack(products) - reference_products, batch)
+
+
+def full_hessian_error(predictions: Predictions, reference_hessians: list, batch: Batch) -> torch.Tensor:
+    """Mean squared Hessian-element error from full Hessians, one ``[3n, 3n]`` per structure (eV²/Å⁴)."""
+    n_total = 3 * batch.positions.shape[0]
+    flat_forces = predictions.forces.reshape(-1)
+    rows = []
+    for index in range(n_total):
+        (row,) = torch.autograd.grad(-flat_forces[index], predictions.positions, create_graph=True, retain_graph=True)
+        rows.append(row.reshape(-1))
+    hessian = torch.stack(rows)  # [3N, 3N], block diagonal over structures
+    errors = []
+    start = 0
+    for reference in reference_hessians:
+        size = reference.shape[0]
+        errors.append((hessian[start : start + size, start : start + size] - reference).square().mean())
+        start += size
+    return torch.stack(errors).mean()
