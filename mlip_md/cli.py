@@ -54,6 +54,24 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Trains the models of a YAML configuration and exports them to OUT/model.pt."""
+    from mlip_md.train.config import load_config
+    from mlip_md.train.trainer import train
+
+    summary = train(load_config(args.config), args.out)
+    print(json.dumps({"model": summary["model"], "test": summary["members"][0]["test"]}, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Prints the errors of an exported model on a data file as JSON."""
+    from mlip_md.train.evaluate import evaluate_exported
+
+    print(json.dumps(evaluate_exported(args.model, args.data), indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     """Prints the metadata of an exported model as JSON."""
     print(json.dumps(load_exported(args.model).metadata, indent=2))
@@ -86,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 600.0, 900.0],
                           help="MD snapshot temperatures in K (default 300 600 900)")
     generate.set_defaults(handler=_generate)
+
+    train = commands.add_parser("train", help="train HIP-NN models from a YAML configuration")
+    train.add_argument("config", help="YAML configuration (see mlip_md/train/config.py for every key)")
+    train.add_argument("--out", required=True, help="output directory: model.pt, metrics.json, checkpoints")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="errors of an exported model on a labelled data file")
+    evaluate.add_argument("model", help="exported model file")
+    evaluate.add_argument("data", help="ASE-readable file with energies (and forces)")
+    evaluate.set_defaults(handler=_eval)
 
     info = commands.add_parser("info", help="print the metadata of an exported model")
     info.add_argument("model", help="exported model file")

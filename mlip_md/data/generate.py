@@ -65,6 +65,7 @@ def _vacancy(rng: np.random.Generator) -> Atoms:
 def _surface(rng: np.random.Generator) -> Atoms:
     builder = (fcc111, fcc100)[rng.integers(2)]
     atoms = builder("Al", size=(3, 3, int(rng.integers(4, 7))), a=ALUMINIUM_LATTICE, vacuum=6.0, periodic=True)
+    atoms.info.pop("adsorbate_info", None)  # a dict extended XYZ cannot store
     atoms.rattle(0.06, seed=int(rng.integers(2**31)))
     return atoms
 

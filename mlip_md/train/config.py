@@ -1,0 +1,211 @@
+"""The training configuration: one YAML file, every key documented, unknown keys refused.
+
+Sections and defaults (units: eV, Å)::
+
+    data:
+      train: PATH               # required: any ASE-readable file with energies (+ forces)
+      valid_fraction: 0.1       # share of `train` held out for validation
+      test: null                # optional separate test file
+      test_fraction: 0.0        # share of `train` held out for testing when `test` is null
+      energy_key: energy        # label names in atoms.info / atoms.arrays (else calculator results)
+      forces_key: forces
+    model:                      # HIPNN hyper-parameters (see mlip_md.HIPNN)
+      species: null             # element symbols; null: the elements found in the data
+      n_interactions: 2
+      n_features: 20
+      n_sensitivities: 20
+      n_atom_layers: 3
+      cutoff: 6.0
+      dist_soft_min: 0.85
+      dist_soft_max: null       # null: 0.8 * cutoff
+      activation: softplus
+    training:
+      max_epochs: 100
+      batch_size: 16            # configurations per minibatch
+      learning_rate: 0.001
+      seed: 0
+      dtype: float64            # training precision: float64 or float32
+      lr_factor: 0.5            # learning-rate decay factor on a validation plateau
+      lr_patience: 10           # epochs without improvement before decaying
+      min_learning_rate: 1.0e-6
+      early_stopping_patience: 30
+      export_dtype: float64     # precision of the exported model.pt
+    loss:                       # weights of the loss terms
+      energy_rmse: 1.0          # per-atom energy RMSE, eV/atom
+      energy_mae: 0.0
+      forces_rmse: 1.0          # force-component RMSE, eV/Å
+      forces_mae: 0.0
+      hierarchicality: 0.0      # the HIP-NN hierarchicality regulariser
+      l2: 0.0                   # sum of squared weights
+    ensemble:
+      size: 1                   # members trained with different seeds, exported as one file
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid training configuration; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    valid_fraction: float = 0.1
+    test: Optional[str] = None
+    test_fraction: float = 0.0
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+
+
+@dataclass
+class ModelConfig:
+    species: Optional[List[str]] = None
+    n_interactions: int = 2
+    n_features: int = 20
+    n_sensitivities: int = 20
+    n_atom_layers: int = 3
+    cutoff: float = 6.0
+    dist_soft_min: float = 0.85
+    dist_soft_max: Optional[float] = None
+    activation: str = "softplus"
+
+
+@dataclass
+class TrainingConfig:
+    max_epochs: int = 100
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    seed: int = 0
+    dtype: str = "float64"
+    lr_factor: float = 0.5
+    lr_patience: int = 10
+    min_learning_rate: float = 1e-6
+    early_stopping_patience: int = 30
+    export_dtype: str = "float64"
+
+
+@dataclass
+class LossConfig:
+    energy_rmse: float = 1.0
+    energy_mae: float = 0.0
+    forces_rmse: float = 1.0
+    forces_mae: float = 0.0
+    hierarchicality: float = 0.0
+    l2: float = 0.0
+
+
+@dataclass
+class EnsembleConfig:
+    size: int = 1
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
+    """Checks ``value`` against the field's type annotation (as a string) and converts ints to floats."""
+    name = f"{section}.{key}"
+    optional = annotation.startswith("Optional[")
+    base = annotation[len("Optional[") : -1] if optional else annotation
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be null")
+    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base == "str" and isinstance(value, str):
+        return value
+    if base == "List[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{name} must be {'null or ' if optional else ''}{base}, got {value!r}")
+
+
+def _section(name: str, cls, values: Any):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"section {name!r} must be a mapping, got {values!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; known: {sorted(known)}")
+    return cls(**{key: _coerce(name, key, value, str(known[key].type)) for key, value in values.items()})
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "loss": LossConfig,
+    "ensemble": EnsembleConfig,
+}
+
+
+def _validate(config: Config) -> None:
+    if not config.data.train:
+        raise ConfigError("data.train is required (path of the training data)")
+    checks = [
+        (0 <= config.data.valid_fraction < 1, "data.valid_fraction must be in [0, 1)"),
+        (0 <= config.data.test_fraction < 1, "data.test_fraction must be in [0, 1)"),
+        (config.training.max_epochs >= 1, "training.max_epochs must be at least 1"),
+        (config.training.batch_size >= 1, "training.batch_size must be at least 1"),
+        (config.training.learning_rate > 0, "training.learning_rate must be positive"),
+        (config.training.dtype in ("float32", "float64"), "training.dtype must be float32 or float64"),
+        (config.training.export_dtype in ("float32", "float64"), "training.export_dtype must be float32 or float64"),
+        (0 < config.training.lr_factor < 1, "training.lr_factor must be in (0, 1)"),
+        (config.ensemble.size >= 1, "ensemble.size must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for key, weight in dataclasses.asdict(config.loss).items():
+        if weight < 0:
+            raise ConfigError(f"loss.{key} must be >= 0, got {weight}")
+
+
+def config_from_dict(values: Dict[str, Any], base_directory: str = ".") -> Config:
+    """Builds and validates a :class:`Config`; relative data paths are taken from ``base_directory``."""
+    if not isinstance(values, dict):
+        raise ConfigError("the configuration must be a mapping of sections")
+    unknown = sorted(set(values) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; known: {sorted(SECTIONS)}")
+    config = Config(**{name: _section(name, cls, values.get(name)) for name, cls in SECTIONS.items()})
+    for key in ("train", "test"):
+        path = getattr(config.data, key)
+        if path and not os.path.isabs(path):
+            setattr(config.data, key, os.path.normpath(os.path.join(base_directory, path)))
+    _validate(config)
+    return config
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Reads a YAML training configuration (relative paths are relative to the file)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"configuration file not found: {path}")
+    with open(path) as handle:
+        try:
+            values = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    return config_from_dict(values, os.path.dirname(os.path.abspath(path)))
