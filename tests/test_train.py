@@ -71,6 +71,8 @@ def test_training_learns_emt_forces(aluminium, tmp_path):
     print(f"\ntest force MAE {test['forces_mae']:.3f} eV/Å vs zero-force baseline {baseline:.3f} eV/Å")
     assert test["forces_mae"] < 0.6 * baseline
     assert load_exported(summary["model"]).metadata["training_config"]["model"]["n_features"] == 12
+    for name in ("learning_curves.png", "parity.png"):
+        assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_resume_gives_the_same_weights(aluminium, tmp_path):
@@ -125,3 +127,11 @@ def test_cli_train_ensemble_and_eval(aluminium, tmp_path, capsys):
     atoms.calc = calc
     atoms.get_forces()
     assert calc.results["forces_uncertainty"].max() > 0
+
+
+def test_shipped_input_configs_are_valid():
+    from pathlib import Path
+
+    for path in (Path(__file__).resolve().parent.parent / "inputs").glob("*.yaml"):
+        config = load_config(path)
+        assert config.data.train.endswith(".extxyz")

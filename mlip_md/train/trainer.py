@@ -25,6 +25,7 @@ from mlip_md.model.hipnn import HIPNN, hierarchicality
 from mlip_md.species import SpeciesMap
 from mlip_md.train.config import Config
 from mlip_md.train.losses import energy_force_errors, predict
+from mlip_md.train.plots import parity_data, plot_learning_curves, plot_parity
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -231,6 +232,17 @@ def train(config: Config, out: str, log: Optional[callable] = print) -> Dict[str
     path = export(members if len(members) > 1 else members[0], os.path.join(out, "model.pt"),
                   dtype=config.training.export_dtype, extra_metadata={"training_config": config.to_dict()})
     summary["model"] = path
+    summary["plots"] = _plots(config, data, members[0], out)
     with open(os.path.join(out, "metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     return summary
+
+
+def _plots(config: Config, data: DataSplit, model: HIPNN, out: str) -> List[str]:
+    """Learning curves of member 0 and parity plots on the test set (validation set if there is none)."""
+    paths = [plot_learning_curves(os.path.join(out, "member_0", "metrics.jsonl"), os.path.join(out, "learning_curves.png"))]
+    name, cache = ("test set", data.test) if len(data.test) else ("validation set", data.valid)
+    if len(cache):
+        values = parity_data(model, cache, SpeciesMap(data.species), config.training.batch_size)
+        paths.append(plot_parity(*values, os.path.join(out, "parity.png"), title=name))
+    return paths
