@@ -140,3 +140,29 @@ def test_generated_aluminium_is_labelled_reproducible_and_readable(tmp_path):
     assert main(["generate", "aluminium", "--n", "6", "--out", str(path), "--seed", "2"]) == 0
     configurations = read_configurations(path)
     assert len(configurations) == 6 and all(c.forces is not None for c in configurations)
+
+
+def test_hessian_labels_from_database_rows(tmp_path):
+    images = _emt_images(2)
+    rng = np.random.default_rng(0)
+    path = tmp_path / "hessians.db"
+    hessians, probes = [], []
+    with connect(path) as database:
+        for atoms in images:
+            size = 3 * len(atoms)
+            hessian = rng.normal(size=(size, size))
+            hessian = hessian + hessian.T
+            probe = rng.choice([-1.0, 1.0], size=(2, size))
+            database.write(atoms, data={"hessian": hessian, "hvp_probes": probe, "hvp_products": probe @ hessian})
+            hessians.append(hessian)
+            probes.append(probe)
+    configurations = read_configurations(path)
+    np.testing.assert_array_equal(configurations[1].hessian, hessians[1])
+    batch = collate(GraphCache(configurations, 5.0), [0, 1], SpeciesMap(["Al", "Cu"]))
+    assert batch.hvp_probes.shape == (2, batch.positions.shape[0], 3)
+    n0 = configurations[0].n_atoms
+    np.testing.assert_allclose(batch.hvp_products[:, n0:].reshape(2, -1).numpy(), probes[1] @ hessians[1])
+    with connect(tmp_path / "bad.db") as database:
+        database.write(images[0], data={"hessian": np.zeros(5)})
+    with pytest.raises(LabelError, match="hessian has 5 elements"):
+        read_configurations(tmp_path / "bad.db")

@@ -9,7 +9,14 @@ import mlip_md
 from conftest import make_model
 from mlip_md.data import GraphCache, collate, configuration_from_atoms
 from mlip_md.species import SpeciesMap
-from mlip_md.train import energy_force_errors, full_hessian_error, hessian_vector_error, predict, sample_probes
+from mlip_md.train import (
+    energy_force_errors,
+    full_hessian_error,
+    hessian_vector_error,
+    predict,
+    reference_products,
+    sample_probes,
+)
 
 
 def _clusters():
@@ -55,23 +62,11 @@ def test_predictions_match_the_calculator(setup):
     assert errors["forces_rmse"].item() == pytest.approx(predictions.forces.square().mean().sqrt().item())
 
 
-def _reference_products(hessians, probes, batch):
-    """H_ref v for block-diagonal reference Hessians, ``[P, N, 3]``."""
-    products = torch.zeros_like(probes)
-    start = 0
-    for hessian in hessians:
-        n = hessian.shape[0] // 3
-        block = probes[:, start : start + n].reshape(probes.shape[0], -1)
-        products[:, start : start + n] = (block @ hessian.T).reshape(probes.shape[0], n, 3)
-        start += n
-    return products
-
-
 def test_hessian_vector_products_are_exact(setup):
     model, _, batch, _, hessians = setup
     predictions = predict(model, batch)
     probes = sample_probes(batch, 3, "gaussian", torch.Generator().manual_seed(0))
-    error = hessian_vector_error(predictions, probes, _reference_products(hessians, probes, batch), batch)
+    error = hessian_vector_error(predictions, probes, reference_products(hessians, probes, batch), batch)
     assert error.item() < 1e-22
     assert full_hessian_error(predictions, hessians, batch).item() < 1e-22
 
@@ -87,7 +82,7 @@ def test_probe_loss_is_unbiased_estimate_of_full_hessian_loss(setup, kind):
     predictions = predict(model, batch)
     full = full_hessian_error(predictions, perturbed, batch).item()
     probes = sample_probes(batch, 400, kind, generator)
-    references = _reference_products(perturbed, probes, batch)
+    references = reference_products(perturbed, probes, batch)
     samples = np.array(
         [hessian_vector_error(predictions, probes[k : k + 1], references[k : k + 1], batch).item() for k in range(400)]
     )

@@ -31,6 +31,9 @@ class Batch(NamedTuple):
     n_atoms: torch.Tensor  # [B] int64
     energy: torch.Tensor  # [B] eV, reference labels
     forces: Optional[torch.Tensor]  # [N, 3] eV/Å, reference labels (None if any is missing)
+    hessians: Optional[List[torch.Tensor]] = None  # B x [3n, 3n] eV/Å² (None if any is missing)
+    hvp_probes: Optional[torch.Tensor] = None  # [P, N, 3] stored probes (None if any is missing)
+    hvp_products: Optional[torch.Tensor] = None  # [P, N, 3] eV/Å², H_ref · probe
 
     @property
     def n_structures(self) -> int:
@@ -81,6 +84,16 @@ def collate(
     forces = None
     if all(c.forces is not None for c in configurations):
         forces = torch.tensor(np.concatenate([c.forces for c in configurations]), dtype=dtype)
+    hessians = None
+    if all(c.hessian is not None for c in configurations):
+        hessians = [torch.tensor(c.hessian, dtype=dtype) for c in configurations]
+    probes = products = None
+    if all(c.hvp_probes is not None for c in configurations):
+        counts = {c.hvp_probes.shape[0] for c in configurations}
+        if len(counts) > 1:
+            raise ValueError(f"stored HVP probes per configuration differ within a batch: {sorted(counts)}")
+        probes = torch.tensor(np.concatenate([c.hvp_probes.reshape(len(c.hvp_probes), -1, 3) for c in configurations], axis=1), dtype=dtype)
+        products = torch.tensor(np.concatenate([c.hvp_products.reshape(len(c.hvp_products), -1, 3) for c in configurations], axis=1), dtype=dtype)
     return Batch(
         species=torch.from_numpy(np.concatenate([species_map(c.numbers) for c in configurations])),
         positions=torch.tensor(np.concatenate([c.positions for c in configurations]), dtype=dtype),
@@ -90,4 +103,7 @@ def collate(
         n_atoms=torch.from_numpy(sizes.astype(np.int64)),
         energy=torch.tensor([c.energy for c in configurations], dtype=dtype),
         forces=forces,
+        hessians=hessians,
+        hvp_probes=probes,
+        hvp_products=products,
     )

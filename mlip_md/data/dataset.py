@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+import ase.db
 import ase.io
 import numpy as np
 from ase import Atoms
@@ -25,8 +26,10 @@ class LabelError(ValueError):
 class Configuration:
     """One labelled structure.
 
-    ``energy`` eV; ``forces`` ``[N, 3]`` eV/Å or None; ``source`` names the
-    file and index it came from (provenance for error messages and logs).
+    ``energy`` eV; ``forces`` ``[N, 3]`` eV/Å or None; ``hessian``
+    ``[3N, 3N]`` eV/Å² or None; ``hvp_probes``/``hvp_products`` ``[P, 3N]``:
+    stored probe vectors v and their products H·v (eV/Å²), or None.
+    ``source`` names the file and index it came from (provenance).
     """
 
     numbers: np.ndarray  # [N] int
@@ -36,6 +39,9 @@ class Configuration:
     energy: float
     forces: Optional[np.ndarray]
     source: str
+    hessian: Optional[np.ndarray] = None
+    hvp_probes: Optional[np.ndarray] = None
+    hvp_products: Optional[np.ndarray] = None
 
     @property
     def n_atoms(self) -> int:
@@ -58,14 +64,40 @@ def _label(atoms: Atoms, key: str, per_atom: bool):
     return None
 
 
+def _hessian_labels(atoms: Atoms, extra: dict, source: str) -> dict:
+    """Full Hessian (``info``/``data`` key ``hessian``, flat or square) and stored HVP pairs."""
+    size = 3 * len(atoms)
+    labels = {}
+    hessian = atoms.info.get("hessian", extra.get("hessian"))
+    if hessian is not None:
+        hessian = np.asarray(hessian, dtype=np.float64)
+        if hessian.size != size * size:
+            raise LabelError(f"{source}: hessian has {hessian.size} elements, expected ({size}, {size})")
+        labels["hessian"] = hessian.reshape(size, size)
+    if "hvp_probes" in extra or "hvp_products" in extra:
+        probes = np.asarray(extra.get("hvp_probes"), dtype=np.float64)
+        products = np.asarray(extra.get("hvp_products"), dtype=np.float64)
+        if probes.ndim != 2 or probes.shape[1] != size or probes.shape != products.shape:
+            raise LabelError(
+                f"{source}: hvp_probes {probes.shape} and hvp_products {products.shape} must both be (P, {size})"
+            )
+        labels.update(hvp_probes=probes, hvp_products=products)
+    for name, value in labels.items():
+        if not np.isfinite(value).all():
+            raise LabelError(f"{source}: {name} contains NaN or inf")
+    return labels
+
+
 def configuration_from_atoms(
     atoms: Atoms,
     source: str = "memory",
     energy_key: str = "energy",
     forces_key: str = "forces",
     require_forces: bool = True,
+    extra: Optional[dict] = None,
 ) -> Configuration:
-    """A :class:`Configuration` from labelled ``Atoms`` (see :func:`read_configurations`)."""
+    """A :class:`Configuration` from labelled ``Atoms`` (see :func:`read_configurations`);
+    ``extra`` holds additional labels (an ASE database row's ``data``)."""
     energy = _label(atoms, energy_key, per_atom=False)
     if energy is None:
         raise LabelError(f"{source}: no energy label (looked for info[{energy_key!r}] and calculator results)")
@@ -89,6 +121,7 @@ def configuration_from_atoms(
         energy=energy,
         forces=forces,
         source=source,
+        **_hessian_labels(atoms, extra or {}, source),
     )
 
 
@@ -103,19 +136,26 @@ def read_configurations(
 
     Labels come from ``atoms.info[energy_key]`` / ``atoms.arrays[forces_key]``
     or from the attached (single-point) calculator, as ASE stores them in
-    extended XYZ files and databases. Raises FileNotFoundError, or
+    extended XYZ files and databases. Optional Hessian labels: ``hessian``
+    (``(3N)²`` values, eV/Å²) in ``atoms.info`` or in an ASE database row's
+    ``data``, and stored probe pairs ``hvp_probes``/``hvp_products``
+    (``[P, 3N]``) in a row's ``data``. Raises FileNotFoundError, or
     :class:`LabelError` naming the configuration and the missing label.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
-    images = ase.io.read(path, index=index, parallel=False)
-    images = images if isinstance(images, list) else [images]
-    if not images:
+    if path.endswith(".db"):  # ASE database: keep each row's `data` (Hessians, HVP pairs)
+        with ase.db.connect(path) as database:
+            rows = [(row.toatoms(), dict(row.data)) for row in database.select()]
+    else:
+        images = ase.io.read(path, index=index, parallel=False)
+        rows = [(atoms, {}) for atoms in (images if isinstance(images, list) else [images])]
+    if not rows:
         raise LabelError(f"{path}: contains no configurations")
     return [
-        configuration_from_atoms(atoms, f"{path}[{k}]", energy_key, forces_key, require_forces)
-        for k, atoms in enumerate(images)
+        configuration_from_atoms(atoms, f"{path}[{k}]", energy_key, forces_key, require_forces, extra)
+        for k, (atoms, extra) in enumerate(rows)
     ]
 
 

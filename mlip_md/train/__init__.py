@@ -6,6 +6,7 @@ from mlip_md.train.losses import (
     hessian_vector_error,
     full_hessian_error,
     predict,
+    reference_products,
     sample_probes,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "full_hessian_error",
     "hessian_vector_error",
     "predict",
+    "reference_products",
     "sample_probes",
 ]

@@ -30,6 +30,9 @@ Sections and defaults (units: eV, Å)::
       min_learning_rate: 1.0e-6
       early_stopping_patience: 30
       export_dtype: float64     # precision of the exported model.pt
+      hessian_mode: probes      # probes: projected Hessian-vector products; full: whole Hessians
+      n_probes: 1               # probe vectors per configuration and minibatch (probes mode)
+      probe_kind: rademacher    # rademacher, gaussian or onehot (one Hessian column)
     loss:                       # weights of the loss terms
       energy_rmse: 1.0          # per-atom energy RMSE, eV/atom
       energy_mae: 0.0
@@ -37,6 +40,7 @@ Sections and defaults (units: eV, Å)::
       forces_mae: 0.0
       hierarchicality: 0.0      # the HIP-NN hierarchicality regulariser
       l2: 0.0                   # sum of squared weights
+      hessian: 0.0              # mean squared Hessian-element error, (eV/Å²)²; needs Hessian labels
     ensemble:
       size: 1                   # members trained with different seeds, exported as one file
 """
@@ -90,6 +94,9 @@ class TrainingConfig:
     min_learning_rate: float = 1e-6
     early_stopping_patience: int = 30
     export_dtype: str = "float64"
+    hessian_mode: str = "probes"
+    n_probes: int = 1
+    probe_kind: str = "rademacher"
 
 
 @dataclass
@@ -100,6 +107,7 @@ class LossConfig:
     forces_mae: float = 0.0
     hierarchicality: float = 0.0
     l2: float = 0.0
+    hessian: float = 0.0
 
 
 @dataclass
@@ -172,6 +180,10 @@ def _validate(config: Config) -> None:
         (config.training.dtype in ("float32", "float64"), "training.dtype must be float32 or float64"),
         (config.training.export_dtype in ("float32", "float64"), "training.export_dtype must be float32 or float64"),
         (0 < config.training.lr_factor < 1, "training.lr_factor must be in (0, 1)"),
+        (config.training.hessian_mode in ("probes", "full"), "training.hessian_mode must be probes or full"),
+        (config.training.n_probes >= 1, "training.n_probes must be at least 1"),
+        (config.training.probe_kind in ("rademacher", "gaussian", "onehot"),
+         "training.probe_kind must be rademacher, gaussian or onehot"),
         (config.ensemble.size >= 1, "ensemble.size must be at least 1"),
     ]
     for ok, message in checks:

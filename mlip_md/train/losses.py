@@ -80,6 +80,17 @@ def sample_probes(
     return probes
 
 
+def reference_products(hessians: list, probes: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """H_ref v for one ``[3n, 3n]`` reference Hessian per structure; ``probes`` ``[P, N, 3]`` → ``[P, N, 3]``."""
+    products = torch.zeros_like(probes)
+    start = 0
+    for hessian, n in zip(hessians, batch.n_atoms.tolist()):
+        block = probes[:, start : start + n].reshape(probes.shape[0], 3 * n)
+        products[:, start : start + n] = (block @ hessian.T).reshape(probes.shape[0], n, 3)
+        start += n
+    return products
+
+
 def _per_structure_mean_square(values: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Σ over a structure's 3n components of ``values`` [..., N, 3] squared, / (3n)², averaged."""
     squares = values.square().sum(-1)  # [..., N]

@@ -24,7 +24,14 @@ from mlip_md.export import export
 from mlip_md.model.hipnn import HIPNN, hierarchicality
 from mlip_md.species import SpeciesMap
 from mlip_md.train.config import Config
-from mlip_md.train.losses import energy_force_errors, predict
+from mlip_md.train.losses import (
+    energy_force_errors,
+    full_hessian_error,
+    hessian_vector_error,
+    predict,
+    reference_products,
+    sample_probes,
+)
 from mlip_md.train.plots import parity_data, plot_learning_curves, plot_parity
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -76,7 +83,20 @@ def build_model(config: Config, species: Sequence[str], train: Sequence[Configur
     return model.to(DTYPES[config.training.dtype])
 
 
-def _loss(config: Config, model: HIPNN, batch) -> tuple:
+def _hessian_loss(config: Config, predictions, batch, generator: torch.Generator) -> torch.Tensor:
+    """Projected (probes) or full Hessian loss, from full Hessian labels or stored probe pairs."""
+    training = config.training
+    if batch.hessians is not None:
+        if training.hessian_mode == "full":
+            return full_hessian_error(predictions, batch.hessians, batch)
+        probes = sample_probes(batch, training.n_probes, training.probe_kind, generator)
+        return hessian_vector_error(predictions, probes, reference_products(batch.hessians, probes, batch), batch)
+    if batch.hvp_probes is not None:
+        return hessian_vector_error(predictions, batch.hvp_probes, batch.hvp_products, batch)
+    raise ValueError("loss.hessian > 0 but some configurations have no Hessian labels (hessian or hvp pairs)")
+
+
+def _loss(config: Config, model: HIPNN, batch, generator: torch.Generator) -> tuple:
     predictions = predict(model, batch, create_graph=True)
     errors = energy_force_errors(predictions, batch)
     weights = config.loss
@@ -87,6 +107,8 @@ def _loss(config: Config, model: HIPNN, batch) -> tuple:
         total = total + weights.hierarchicality * hierarchicality(predictions.level_totals)
     if weights.l2 > 0:
         total = total + weights.l2 * sum(p.square().sum() for n, p in model.named_parameters() if "weight" in n)
+    if weights.hessian > 0:
+        total = total + weights.hessian * _hessian_loss(config, predictions, batch, generator)
     return total, errors
 
 
@@ -95,17 +117,21 @@ def evaluate(model: HIPNN, cache: GraphCache, species_map: SpeciesMap, batch_siz
     if len(cache) == 0:
         return {"energy_rmse": math.nan, "energy_mae": math.nan, "forces_rmse": math.nan, "forces_mae": math.nan}
     dtype = next(model.parameters()).dtype
-    energy_errors, force_errors = [], []
+    energy_errors, force_errors, hessian_squares = [], [], []
     for start in range(0, len(cache), batch_size):
         batch = collate(cache, range(start, min(start + batch_size, len(cache))), species_map, dtype)
-        predictions = predict(model, batch, create_graph=False)
+        predictions = predict(model, batch, create_graph=batch.hessians is not None)
         energy_errors.append(((predictions.energy - batch.energy) / batch.n_atoms).detach())
         if batch.forces is not None:
             force_errors.append((predictions.forces - batch.forces).detach().reshape(-1))
+        if batch.hessians is not None:
+            hessian_squares.append(full_hessian_error(predictions, batch.hessians, batch).detach().item())
     energy = torch.cat(energy_errors)
     metrics = {"energy_rmse": 1000 * energy.square().mean().sqrt().item(), "energy_mae": 1000 * energy.abs().mean().item()}
     forces = torch.cat(force_errors) if force_errors else torch.full((1,), math.nan)
     metrics.update(forces_rmse=forces.square().mean().sqrt().item(), forces_mae=forces.abs().mean().item())
+    if hessian_squares:  # eV/Å², RMSE over Hessian elements (batches weighted equally)
+        metrics["hessian_rmse"] = math.sqrt(float(np.mean(hessian_squares)))
     return metrics
 
 
@@ -156,7 +182,10 @@ def train_member(
         for start in range(0, len(order), training.batch_size):
             batch = collate(data.train, order[start : start + training.batch_size], species_map, dtype)
             optimizer.zero_grad()
-            loss, _ = _loss(config, model, batch)
+            # Probes depend only on (seed, member, epoch, batch): resumed runs draw the same ones.
+            seeds = np.random.SeedSequence([training.seed, member, epoch, start]).generate_state(1)
+            generator = torch.Generator().manual_seed(int(seeds[0]))
+            loss, _ = _loss(config, model, batch, generator)
             if torch.isfinite(loss):
                 loss.backward()
             if not torch.isfinite(loss) or not _finite_gradients(model):
