@@ -192,3 +192,34 @@ def test_hessian_loss_without_labels_is_an_error(aluminium, tmp_path):
     config.loss.hessian = 1.0
     with pytest.raises(ValueError, match="no Hessian labels"):
         train_member(config, load_data(config), 0, str(tmp_path / "x"))
+
+
+def test_distillation_gives_forces_for_an_energy_only_set(aluminium, tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import read
+
+    from mlip_md.train.trainer import teacher_forces
+
+    images = read(aluminium, ":")
+    for atoms in images:  # keep energies only
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy())
+    energy_only = write_images(images, tmp_path / "energies.extxyz")
+    config = config_from_dict({
+        "data": {"train": str(energy_only), "valid_fraction": 0.2},
+        "model": SMALL_MODEL,
+        "training": {"max_epochs": 3, "batch_size": 8},
+        "ensemble": {"size": 2, "distill": True},
+    })
+    data = load_data(config)
+    assert all(c.forces is None for c in data.train.configurations)
+    summary = train(config, str(tmp_path / "distill"), log=None)
+    assert load_exported(summary["teachers"]).ensemble_size == 2
+    assert load_exported(summary["model"]).ensemble_size == 1
+    student_records = [json.loads(line) for line in open(tmp_path / "distill" / "student" / "metrics.jsonl")]
+    assert np.isfinite(student_records[-1]["train"]["forces_rmse"])  # the student did see forces
+    teachers = [train_member(config, data, m, str(tmp_path / "distill" / f"member_{m}")) for m in range(2)]
+    labelled = teacher_forces(teachers, data.train, data.species)
+    calc = mlip_md.MLIPCalculator(summary["teachers"])
+    atoms = labelled.configurations[0].to_atoms()
+    atoms.calc = calc
+    np.testing.assert_allclose(labelled.configurations[0].forces, atoms.get_forces(), atol=1e-8)

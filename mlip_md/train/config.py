@@ -43,6 +43,8 @@ Sections and defaults (units: eV, Å)::
       hessian: 0.0              # mean squared Hessian-element error, (eV/Å²)²; needs Hessian labels
     ensemble:
       size: 1                   # members trained with different seeds, exported as one file
+      distill: false            # true: the members are teachers; a student learns the true
+                                # energies plus the teachers' mean forces (for energy-only data)
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class LossConfig:
 @dataclass
 class EnsembleConfig:
     size: int = 1
+    distill: bool = False
 
 
 @dataclass
@@ -141,6 +144,8 @@ def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
     if base == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base == "str" and isinstance(value, str):
+        return value
+    if base == "bool" and isinstance(value, bool):
         return value
     if base == "List[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)

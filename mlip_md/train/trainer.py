@@ -8,6 +8,7 @@ as one file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -238,38 +239,73 @@ def _monitored_loss(config: Config, metrics: Dict[str, float]) -> float:
     return value
 
 
+def _summary(config: Config, data: DataSplit, members: Sequence[HIPNN]) -> Dict[str, object]:
+    species_map = SpeciesMap(data.species)
+    sets = (("train", data.train), ("valid", data.valid), ("test", data.test))
+    return {
+        "species": data.species,
+        "n_train": len(data.train),
+        "n_valid": len(data.valid),
+        "n_test": len(data.test),
+        "members": [
+            {name: evaluate(m, cache, species_map, config.training.batch_size) for name, cache in sets}
+            for m in members
+        ],
+    }
+
+
+def _export(config: Config, members: Sequence[HIPNN], path: str) -> str:
+    return export(members if len(members) > 1 else members[0], path,
+                  dtype=config.training.export_dtype, extra_metadata={"training_config": config.to_dict()})
+
+
+def teacher_forces(teachers: Sequence[HIPNN], cache: GraphCache, species: Sequence[str]) -> GraphCache:
+    """A copy of ``cache`` whose configurations carry the teachers' mean forces (eV/Å)."""
+    species_map = SpeciesMap(species)
+    dtype = next(teachers[0].parameters()).dtype
+    labelled = []
+    for index, configuration in enumerate(cache.configurations):
+        batch = collate(cache, [index], species_map, dtype)
+        forces = torch.stack([predict(t, batch, create_graph=False).forces.detach() for t in teachers]).mean(0)
+        labelled.append(dataclasses.replace(configuration, forces=forces.double().numpy()))
+    return GraphCache(labelled, cache.cutoff)
+
+
 def train(config: Config, out: str, log: Optional[callable] = print) -> Dict[str, object]:
-    """Trains ``ensemble.size`` members, exports ``out/model.pt`` and writes ``out/metrics.json``."""
+    """Trains ``ensemble.size`` members, exports ``out/model.pt`` and writes ``out/metrics.json``.
+
+    With ``ensemble.distill``: the members are teachers trained on the data as
+    they are (typically energies only, exported to ``out/teachers.pt``); every
+    configuration is then labelled with the teachers' mean forces and one
+    student is trained on the true energies plus those forces (``out/model.pt``).
+    """
     os.makedirs(out, exist_ok=True)
     data = load_data(config)
     members = [
         train_member(config, data, member, os.path.join(out, f"member_{member}"), log)
         for member in range(config.ensemble.size)
     ]
-    species_map = SpeciesMap(data.species)
-    summary = {
-        "species": data.species,
-        "n_train": len(data.train),
-        "n_valid": len(data.valid),
-        "n_test": len(data.test),
-        "members": [
-            {name: evaluate(m, cache, species_map, config.training.batch_size)
-             for name, cache in (("train", data.train), ("valid", data.valid), ("test", data.test))}
-            for m in members
-        ],
-    }
-    path = export(members if len(members) > 1 else members[0], os.path.join(out, "model.pt"),
-                  dtype=config.training.export_dtype, extra_metadata={"training_config": config.to_dict()})
-    summary["model"] = path
-    summary["plots"] = _plots(config, data, members[0], out)
+    distilled = None
+    if config.ensemble.distill:
+        teachers_path = _export(config, members, os.path.join(out, "teachers.pt"))
+        distilled = DataSplit(*(teacher_forces(members, cache, data.species) for cache in (data.train, data.valid, data.test)),
+                              data.species)
+        members = [train_member(config, distilled, config.ensemble.size, os.path.join(out, "student"), log)]
+    summary = _summary(config, distilled or data, members)
+    summary["model"] = _export(config, members, os.path.join(out, "model.pt"))
+    if distilled is not None:
+        summary["teachers"] = teachers_path
+    run_directory = "student" if distilled is not None else "member_0"
+    summary["plots"] = _plots(config, distilled or data, members[0], out, run_directory)
     with open(os.path.join(out, "metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     return summary
 
 
-def _plots(config: Config, data: DataSplit, model: HIPNN, out: str) -> List[str]:
-    """Learning curves of member 0 and parity plots on the test set (validation set if there is none)."""
-    paths = [plot_learning_curves(os.path.join(out, "member_0", "metrics.jsonl"), os.path.join(out, "learning_curves.png"))]
+def _plots(config: Config, data: DataSplit, model: HIPNN, out: str, run_directory: str) -> List[str]:
+    """Learning curves of ``run_directory`` and parity plots on the test set (validation set if there is none)."""
+    curves = os.path.join(out, "learning_curves.png")
+    paths = [plot_learning_curves(os.path.join(out, run_directory, "metrics.jsonl"), curves)]
     name, cache = ("test set", data.test) if len(data.test) else ("validation set", data.valid)
     if len(cache):
         values = parity_data(model, cache, SpeciesMap(data.species), config.training.batch_size)
