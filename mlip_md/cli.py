@@ -44,10 +44,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    """Writes an EMT-labelled aluminium data set."""
-    from mlip_md.data.generate import generate_aluminium, write_images
+    """Writes a labelled data set: EMT aluminium or a GFN2-xTB molecule."""
+    from mlip_md.data.generate import generate_aluminium, generate_molecule, write_images
 
-    images = generate_aluminium(args.n, seed=args.seed, temperatures=args.temperatures)
+    if args.system == "aluminium":
+        images = generate_aluminium(args.n, seed=args.seed, temperatures=args.temperatures)
+    else:
+        images = generate_molecule(args.n, args.molecule, seed=args.seed, temperature=args.temperatures[0],
+                                   hessians=not args.no_hessians)
     path = write_images(images, args.out)
     sizes = [len(atoms) for atoms in images]
     print(f"wrote {len(images)} configurations ({min(sizes)}-{max(sizes)} atoms) to {path}")
@@ -97,12 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     generate = commands.add_parser("generate", help="make an example labelled data set with a reference calculator")
-    generate.add_argument("system", choices=["aluminium"], help="aluminium: fcc Al labelled with ASE's EMT")
+    generate.add_argument("system", choices=["aluminium", "molecule"],
+                          help="aluminium: fcc Al labelled with ASE's EMT; molecule: GFN2-xTB MD frames (tblite)")
+    generate.add_argument("--molecule", default="CH3CH2OH", help="ASE G2 molecule name (default CH3CH2OH)")
+    generate.add_argument("--no-hessians", action="store_true", help="molecule: skip finite-difference Hessians")
     generate.add_argument("--n", type=int, default=500, help="number of configurations (default 500)")
     generate.add_argument("--out", default="data/aluminium.extxyz", help="output file; format from the extension")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 600.0, 900.0],
-                          help="MD snapshot temperatures in K (default 300 600 900)")
+                          help="MD temperatures in K (default 300 600 900; molecule: the first)")
     generate.set_defaults(handler=_generate)
 
     train = commands.add_parser("train", help="train HIP-NN models from a YAML configuration")

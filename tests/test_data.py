@@ -166,3 +166,17 @@ def test_hessian_labels_from_database_rows(tmp_path):
         database.write(images[0], data={"hessian": np.zeros(5)})
     with pytest.raises(LabelError, match="hessian has 5 elements"):
         read_configurations(tmp_path / "bad.db")
+
+
+def test_gfn2_molecule_frames_with_hessians(tmp_path):
+    from mlip_md.cli import main
+
+    path = tmp_path / "ethanol.extxyz"
+    assert main(["generate", "molecule", "--n", "2", "--out", str(path), "--temperatures", "400"]) == 0
+    configurations = read_configurations(path)
+    assert [c.n_atoms for c in configurations] == [9, 9]
+    hessian = configurations[0].hessian
+    assert hessian.shape == (27, 27)
+    np.testing.assert_allclose(hessian, hessian.T, atol=1e-12)
+    # Translational invariance of the labels: rows of each 3x3 column block sum to ~0.
+    assert np.abs(hessian.reshape(27, 9, 3).sum(1)).max() < 0.05 * np.abs(hessian).max()

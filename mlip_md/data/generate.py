@@ -126,3 +126,65 @@ def write_images(images: Sequence[Atoms], path: str | os.PathLike) -> str:
     ase.io.write(temporary, list(images), parallel=False)
     os.replace(temporary, path)
     return path
+
+
+def finite_difference_hessian(atoms: Atoms, calculator, step: float = 5e-3) -> np.ndarray:
+    """Central differences of ``calculator``'s forces, symmetrised, ``(3N, 3N)`` eV/Å²."""
+    size = 3 * len(atoms)
+    hessian = np.zeros((size, size))
+    for row in range(size):
+        forces = []
+        for sign in (1, -1):
+            displaced = atoms.copy()
+            displaced.calc = calculator
+            displaced.positions[row // 3, row % 3] += sign * step
+            forces.append(displaced.get_forces().ravel())
+        hessian[row] = -(forces[0] - forces[1]) / (2 * step)
+    return 0.5 * (hessian + hessian.T)
+
+
+def generate_molecule(
+    n_configurations: int,
+    name: str = "CH3CH2OH",
+    seed: int = 0,
+    temperature: float = 500.0,
+    interval: int = 10,
+    hessians: bool = True,
+) -> List[Atoms]:
+    """MD frames of a molecule labelled with GFN2-xTB (tblite): energies, forces, Hessians.
+
+    ``name`` is any molecule of ``ase.build.molecule`` (the G2 set). Frames
+    come every ``interval`` steps (0.5 fs) of Langevin MD at ``temperature`` K,
+    driven by GFN2-xTB itself. Hessian labels (``info["hessian"]``, flat
+    (3N)², eV/Å²) are central differences of forces computed with a tight SCF
+    accuracy (0.01), as the default leaves ~0.1 eV/Å² of noise. Needs the
+    ``tblite`` package (``pip install tblite``); set OMP_NUM_THREADS=1 on
+    small machines, where tblite's threads otherwise stall.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        from tblite.ase import TBLite
+    except ImportError as error:
+        raise ImportError("generate_molecule needs tblite: pip install tblite") from error
+    from ase.build import molecule
+
+    if n_configurations < 1:
+        raise ValueError(f"n_configurations must be positive, got {n_configurations}")
+    rng = np.random.default_rng(seed)
+    atoms = molecule(name)
+    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    tight = TBLite(method="GFN2-xTB", accuracy=0.01, verbosity=0)
+    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng)
+    frames = []
+    for _ in range(n_configurations):
+        dynamics.run(interval)
+        frame = atoms.copy()
+        frame.calc = tight
+        energy, forces = frame.get_potential_energy(), frame.get_forces()
+        if hessians:
+            frame.info["hessian"] = finite_difference_hessian(frame, tight).ravel()
+        frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
+        frame.info["kind"] = f"md_{temperature:g}K"
+        frames.append(frame)
+    return frames
