@@ -223,3 +223,12 @@ def test_distillation_gives_forces_for_an_energy_only_set(aluminium, tmp_path):
     atoms = labelled.configurations[0].to_atoms()
     atoms.calc = calc
     np.testing.assert_allclose(labelled.configurations[0].forces, atoms.get_forces(), atol=1e-8)
+
+
+def test_resume_with_a_different_model_is_refused(aluminium, tmp_path):
+    config = _config(aluminium, max_epochs=1)
+    data = load_data(config)
+    train_member(config, data, 0, str(tmp_path / "run"))
+    config.model.n_features = 8
+    with pytest.raises(ValueError, match="different model settings"):
+        train_member(config, data, 0, str(tmp_path / "run"))

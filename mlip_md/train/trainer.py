@@ -8,6 +8,7 @@ as one file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -170,6 +171,7 @@ def train_member(
     checkpoint_path = os.path.join(directory, "checkpoint.pt")
     if os.path.exists(checkpoint_path):
         saved = torch.load(checkpoint_path, weights_only=True)
+        _check_resumable(saved, config, checkpoint_path)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -178,7 +180,7 @@ def train_member(
     progress = tqdm(range(state["epoch"], training.max_epochs), desc=f"member {member}", disable=log is None)
     for epoch in progress:
         order = np.random.default_rng([training.seed, member, epoch]).permutation(len(data.train))
-        good = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict()}
+        good = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
         recoveries = 0
         for start in range(0, len(order), training.batch_size):
             batch = collate(data.train, order[start : start + training.batch_size], species_map, dtype)
@@ -220,7 +222,7 @@ def train_member(
         with open(metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "state": state}, checkpoint_path)
+               "state": state, "config": config.to_dict()}, checkpoint_path)
         progress.set_postfix(valid_E=f"{valid['energy_rmse']:.2f}", valid_F=f"{valid['forces_rmse']:.3f}")
         if state["epochs_without_improvement"] >= training.early_stopping_patience:
             break
@@ -229,6 +231,17 @@ def train_member(
         _save({"model": model.state_dict(), "config": config.to_dict(), "species": data.species}, best_path)
     model.load_state_dict(torch.load(best_path, weights_only=True)["model"])
     return model
+
+
+def _check_resumable(saved: dict, config: Config, path: str) -> None:
+    """Refuses to resume a checkpoint written for other data, model or losses."""
+    current = config.to_dict()
+    changed = [name for name in ("data", "model", "loss") if saved.get("config", {}).get(name) != current[name]]
+    if changed:
+        raise ValueError(
+            f"{path} was written with different {', '.join(changed)} settings; "
+            "resume with the original configuration or choose a new output directory"
+        )
 
 
 def _monitored_loss(config: Config, metrics: Dict[str, float]) -> float:
