@@ -121,18 +121,30 @@ def hessian_vector_error(
 
 
 def full_hessian_error(predictions: Predictions, reference_hessians: list, batch: Batch) -> torch.Tensor:
-    """Mean squared Hessian-element error from full Hessians, one ``[3n, 3n]`` per structure (eV²/Å⁴)."""
-    n_total = 3 * batch.positions.shape[0]
-    flat_forces = predictions.forces.reshape(-1)
-    rows = []
-    for index in range(n_total):
-        (row,) = torch.autograd.grad(-flat_forces[index], predictions.positions, create_graph=True, retain_graph=True)
-        rows.append(row.reshape(-1))
-    hessian = torch.stack(rows)  # [3N, 3N], block diagonal over structures
-    errors = []
-    start = 0
-    for reference in reference_hessians:
-        size = reference.shape[0]
-        errors.append((hessian[start : start + size, start : start + size] - reference).square().mean())
-        start += size
+    """Mean squared Hessian-element error from full Hessians, one ``[3n, 3n]`` per structure (eV²/Å⁴).
+
+    The batch Hessian is block diagonal, so column k of every structure's
+    Hessian comes from one double-backward pass whose probe is 1 at
+    coordinate k of each structure: 3·max(n) passes, not 3·(total atoms).
+    """
+    sizes = (3 * batch.n_atoms).tolist()
+    starts = [0]
+    for size in sizes[:-1]:
+        starts.append(starts[-1] + size)
+    columns = []
+    for k in range(max(sizes)):
+        probe = torch.zeros(3 * batch.positions.shape[0], dtype=batch.positions.dtype)
+        for start, size in zip(starts, sizes):
+            if k < size:
+                probe[start + k] = 1.0
+        (column,) = torch.autograd.grad(
+            predictions.forces, predictions.positions, grad_outputs=-probe.view(-1, 3), create_graph=True,
+            retain_graph=True,
+        )
+        columns.append(column.reshape(-1))
+    stacked = torch.stack(columns, dim=1)  # [3N, max 3n]: column k of each structure's block
+    errors = [
+        (stacked[start : start + size, :size] - reference).square().mean()
+        for start, size, reference in zip(starts, sizes, reference_hessians)
+    ]
     return torch.stack(errors).mean()
