@@ -53,11 +53,9 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"  # before torch is imported
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import ase  # noqa: E402
@@ -68,7 +66,7 @@ from ase.build import bulk  # noqa: E402
 
 import mlip_md  # noqa: E402
 from mlip_md.neighbors import neighbor_list  # noqa: E402
-from _report import save_report  # noqa: E402
+from _report import environment, import_hippynn, save_report  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -120,20 +118,6 @@ def export_ours(directory: str) -> dict:
     for dtype in ("float32", "float64"):
         paths[dtype] = mlip_md.export(model, Path(directory) / f"al_{dtype}.pt", dtype=dtype)
     return paths
-
-
-def import_hippynn():
-    """hippynn's version string, or None (with a message) when it cannot be imported."""
-    try:
-        with warnings.catch_warnings():
-            # On CPU-only installs hippynn warns that no custom kernels (numba, ...) exist.
-            warnings.simplefilter("ignore")
-            import hippynn
-            import hippynn.interfaces.ase_interface  # noqa: F401
-    except ImportError as error:
-        print(f"hippynn is not importable ({error}); measuring mlip_md only.\n")
-        return None
-    return hippynn.__version__
 
 
 def hippynn_energy_node():
@@ -297,24 +281,6 @@ def print_table(per_size: list, summary: dict) -> None:
     ratios = summary["ratio_hippynn_over_ours"]
     for ratio in ratios[str(sizes[0])]:
         _row(f"{ratio} (median)", (f"{ratios[str(n)][ratio]:16.2f}" for n in sizes))
-
-
-def environment(hippynn_version) -> dict:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ase": ase.__version__,
-        "mlip_md": mlip_md.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "load_average_at_start": os.getloadavg(),
-    }
-    if hippynn_version is not None:
-        from hippynn import custom_kernels
-
-        info["hippynn"] = hippynn_version
-        info["hippynn_custom_kernels"] = custom_kernels.CUSTOM_KERNELS_ACTIVE
-    return info
 
 
 def parse_arguments():

@@ -10,8 +10,9 @@ the loss of :mod:`mlip_md.train.trainer` (``energy_rmse`` 1, ``forces_rmse``
 
 * ``probes``: ``training.hessian_mode: probes``, 1 Rademacher probe per
   configuration and minibatch (one extra double-backward pass);
-* ``full``: ``training.hessian_mode: full``, the whole [3N, 3N] Hessian of the
-  minibatch (3N double-backward passes).
+* ``full``: ``training.hessian_mode: full``, every configuration's whole
+  [3n, 3n] Hessian (3·max(n) double-backward passes per minibatch, since the
+  batch Hessian is block diagonal).
 
 Both start from the same weights and see the same minibatches; each epoch
 runs the two in alternating order. Reported per molecule: median epoch time

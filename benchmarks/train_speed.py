@@ -49,7 +49,6 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"  # before torch is imported
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -58,13 +57,12 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import mlip_md  # noqa: E402
 from mlip_md.data import collate, split_indices  # noqa: E402
 from mlip_md.species import SpeciesMap  # noqa: E402
 from mlip_md.train.config import config_from_dict  # noqa: E402
 from mlip_md.train.losses import energy_force_errors, predict  # noqa: E402
 from mlip_md.train.trainer import build_model, evaluate, load_data  # noqa: E402
-from _report import save_report  # noqa: E402
+from _report import environment, import_hippynn, save_report  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -132,17 +130,6 @@ class Ours:
 
 
 # -- hippynn -----------------------------------------------------------------------
-
-
-def import_hippynn():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import hippynn  # noqa: F401
-    except ImportError as error:
-        print(f"hippynn is not importable ({error}); measuring mlip_md only.\n")
-        return None
-    return hippynn.__version__
 
 
 def padded_arrays(configurations) -> dict:
@@ -234,23 +221,6 @@ class Hippynn:
 
 
 # -- main --------------------------------------------------------------------------
-
-
-def environment(hippynn_version) -> dict:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "mlip_md": mlip_md.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "load_average_at_start": os.getloadavg(),
-    }
-    if hippynn_version is not None:
-        from hippynn import custom_kernels
-
-        info["hippynn"] = hippynn_version
-        info["hippynn_custom_kernels"] = custom_kernels.CUSTOM_KERNELS_ACTIVE
-    return info
 
 
 def parse_arguments():
