@@ -180,3 +180,17 @@ def test_gfn2_molecule_frames_with_hessians(tmp_path):
     np.testing.assert_allclose(hessian, hessian.T, atol=1e-12)
     # Translational invariance of the labels: rows of each 3x3 column block sum to ~0.
     assert np.abs(hessian.reshape(27, 9, 3).sum(1)).max() < 0.05 * np.abs(hessian).max()
+
+
+def test_declared_units_must_be_ev_and_angstrom(tmp_path):
+    images = _emt_images(2)
+    images[0].info["energy_unit"] = "eV"
+    images[1].info["energy_unit"] = "kcal/mol"
+    path = tmp_path / "mixed.extxyz"
+    write(path, images)
+    with pytest.raises(LabelError, match=r"mixed units, energy_unit takes the values \['eV', 'kcal/mol'\]"):
+        read_configurations(path)
+    images[0].info["energy_unit"] = "kcal/mol"
+    write(path, images)
+    with pytest.raises(LabelError, match="energy_unit is 'kcal/mol'; mlip_md works in eV"):
+        read_configurations(path)

@@ -64,6 +64,20 @@ def _label(atoms: Atoms, key: str, per_atom: bool):
     return None
 
 
+# Unit declarations a data file may carry in atoms.info, and the only values
+# mlip_md accepts (it never converts silently).
+UNIT_KEYS = {"energy_unit": ("eV",), "length_unit": ("Angstrom", "Å", "Ang", "A"), "forces_unit": ("eV/Angstrom", "eV/Å", "eV/A")}
+
+
+def _check_units(atoms: Atoms, source: str) -> None:
+    for key, accepted in UNIT_KEYS.items():
+        if key in atoms.info and str(atoms.info[key]) not in accepted:
+            raise LabelError(
+                f"{source}: {key} is {atoms.info[key]!r}; mlip_md works in eV and Å "
+                f"(accepted: {', '.join(accepted)}); convert the labels first"
+            )
+
+
 def _hessian_labels(atoms: Atoms, extra: dict, source: str) -> dict:
     """Full Hessian (``info``/``data`` key ``hessian``, flat or square) and stored HVP pairs."""
     size = 3 * len(atoms)
@@ -98,6 +112,7 @@ def configuration_from_atoms(
 ) -> Configuration:
     """A :class:`Configuration` from labelled ``Atoms`` (see :func:`read_configurations`);
     ``extra`` holds additional labels (an ASE database row's ``data``)."""
+    _check_units(atoms, source)
     energy = _label(atoms, energy_key, per_atom=False)
     if energy is None:
         raise LabelError(f"{source}: no energy label (looked for info[{energy_key!r}] and calculator results)")
@@ -139,7 +154,9 @@ def read_configurations(
     extended XYZ files and databases. Optional Hessian labels: ``hessian``
     (``(3N)²`` values, eV/Å²) in ``atoms.info`` or in an ASE database row's
     ``data``, and stored probe pairs ``hvp_probes``/``hvp_products``
-    (``[P, 3N]``) in a row's ``data``. Raises FileNotFoundError, or
+    (``[P, 3N]``) in a row's ``data``. Declared units (``info`` keys
+    ``energy_unit``, ``length_unit``, ``forces_unit``) must be eV and Å and
+    the same in every configuration. Raises FileNotFoundError, or
     :class:`LabelError` naming the configuration and the missing label.
     """
     path = os.fspath(path)
@@ -153,6 +170,10 @@ def read_configurations(
         rows = [(atoms, {}) for atoms in (images if isinstance(images, list) else [images])]
     if not rows:
         raise LabelError(f"{path}: contains no configurations")
+    for key in UNIT_KEYS:
+        declared = {str(atoms.info[key]) for atoms, _ in rows if key in atoms.info}
+        if len(declared) > 1:
+            raise LabelError(f"{path}: mixed units, {key} takes the values {sorted(declared)}")
     return [
         configuration_from_atoms(atoms, f"{path}[{k}]", energy_key, forces_key, require_forces, extra)
         for k, (atoms, extra) in enumerate(rows)
