@@ -14,7 +14,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -114,19 +114,23 @@ def _loss(config: Config, model: HIPNN, batch, generator: torch.Generator) -> tu
     return total, errors
 
 
-def evaluate(model: HIPNN, cache: GraphCache, species_map: SpeciesMap, batch_size: int) -> Dict[str, float]:
-    """Errors over a whole set: energies in meV/atom, forces in eV/Å (``nan`` when a set is empty)."""
+def evaluate(
+    model: HIPNN, cache: GraphCache, species_map: SpeciesMap, batch_size: int, hessians: bool = True
+) -> Dict[str, float]:
+    """Errors over a whole set: energies in meV/atom, forces in eV/Å (``nan`` when a set is empty),
+    and, with ``hessians`` and Hessian labels, ``hessian_rmse`` in eV/Å² (3n passes per structure)."""
     if len(cache) == 0:
         return {"energy_rmse": math.nan, "energy_mae": math.nan, "forces_rmse": math.nan, "forces_mae": math.nan}
     dtype = next(model.parameters()).dtype
     energy_errors, force_errors, hessian_squares = [], [], []
     for start in range(0, len(cache), batch_size):
         batch = collate(cache, range(start, min(start + batch_size, len(cache))), species_map, dtype)
-        predictions = predict(model, batch, create_graph=batch.hessians is not None)
+        with_hessians = hessians and batch.hessians is not None
+        predictions = predict(model, batch, create_graph=with_hessians)
         energy_errors.append(((predictions.energy - batch.energy) / batch.n_atoms).detach())
         if batch.forces is not None:
             force_errors.append((predictions.forces - batch.forces).detach().reshape(-1))
-        if batch.hessians is not None:
+        if with_hessians:
             hessian_squares.append(full_hessian_error(predictions, batch.hessians, batch).detach().item())
     energy = torch.cat(energy_errors)
     metrics = {"energy_rmse": 1000 * energy.square().mean().sqrt().item(), "energy_mae": 1000 * energy.abs().mean().item()}
@@ -149,7 +153,7 @@ def _finite_gradients(model: HIPNN) -> bool:
 
 
 def train_member(
-    config: Config, data: DataSplit, member: int, directory: str, log: Optional[callable] = None
+    config: Config, data: DataSplit, member: int, directory: str, show_progress: bool = False
 ) -> HIPNN:
     """Trains ensemble member ``member`` in ``directory`` (resuming from its checkpoint if present).
 
@@ -177,7 +181,7 @@ def train_member(
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
     metrics_path = os.path.join(directory, "metrics.jsonl")
-    progress = tqdm(range(state["epoch"], training.max_epochs), desc=f"member {member}", disable=log is None)
+    progress = tqdm(range(state["epoch"], training.max_epochs), desc=f"member {member}", disable=not show_progress)
     for epoch in progress:
         order = np.random.default_rng([training.seed, member, epoch]).permutation(len(data.train))
         good = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
@@ -200,8 +204,10 @@ def train_member(
                 recoveries += 1
                 continue
             optimizer.step()
+        # Full Hessians only for the (small) validation set: on the training
+        # set they would cost far more than the probe-based training itself.
         valid = evaluate(model, data.valid, species_map, training.batch_size)
-        train_metrics = evaluate(model, data.train, species_map, training.batch_size)
+        train_metrics = evaluate(model, data.train, species_map, training.batch_size, hessians=False)
         monitored = _monitored_loss(config, valid if len(data.valid) else train_metrics)
         scheduler.step(monitored)
         improved = monitored < state["best_loss"]
@@ -284,7 +290,7 @@ def teacher_forces(teachers: Sequence[HIPNN], cache: GraphCache, species: Sequen
     return GraphCache(labelled, cache.cutoff)
 
 
-def train(config: Config, out: str, log: Optional[callable] = print) -> Dict[str, object]:
+def train(config: Config, out: str, show_progress: bool = True) -> Dict[str, object]:
     """Trains ``ensemble.size`` members, exports ``out/model.pt`` and writes ``out/metrics.json``.
 
     With ``ensemble.distill``: the members are teachers trained on the data as
@@ -295,7 +301,7 @@ def train(config: Config, out: str, log: Optional[callable] = print) -> Dict[str
     os.makedirs(out, exist_ok=True)
     data = load_data(config)
     members = [
-        train_member(config, data, member, os.path.join(out, f"member_{member}"), log)
+        train_member(config, data, member, os.path.join(out, f"member_{member}"), show_progress)
         for member in range(config.ensemble.size)
     ]
     distilled = None
@@ -303,7 +309,7 @@ def train(config: Config, out: str, log: Optional[callable] = print) -> Dict[str
         teachers_path = _export(config, members, os.path.join(out, "teachers.pt"))
         distilled = DataSplit(*(teacher_forces(members, cache, data.species) for cache in (data.train, data.valid, data.test)),
                               data.species)
-        members = [train_member(config, distilled, config.ensemble.size, os.path.join(out, "student"), log)]
+        members = [train_member(config, distilled, config.ensemble.size, os.path.join(out, "student"), show_progress)]
     summary = _summary(config, distilled or data, members)
     summary["model"] = _export(config, members, os.path.join(out, "model.pt"))
     if distilled is not None:
