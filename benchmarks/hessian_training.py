@@ -79,12 +79,12 @@ TEST_FRACTION = 0.25
 SEED = 0
 
 
-def make_config(path, mode: str, epochs: int):
+def make_config(path, mode: str, epochs: int, n_probes: int = 1):
     return config_from_dict({
         "data": {"train": str(path), "valid_fraction": 0.0, "test_fraction": TEST_FRACTION},
         "model": {**ARCHITECTURE, "species": ["C", "H", "O"]},
         "training": {"max_epochs": epochs, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
-                     "dtype": "float64", "seed": SEED, "hessian_mode": mode, "n_probes": 1,
+                     "dtype": "float64", "seed": SEED, "hessian_mode": mode, "n_probes": n_probes,
                      "probe_kind": "rademacher"},
         "loss": {"energy_rmse": 1, "forces_rmse": 1, "hessian": 1},
     })
@@ -113,9 +113,9 @@ class Run:
         return time.perf_counter() - start_time
 
 
-def measure(name: str, n_configurations: int, epochs: int) -> dict:
+def measure(name: str, n_configurations: int, epochs: int, n_probes: int = 1) -> dict:
     path = dataset(name, n_configurations)
-    configs = {mode: make_config(path, mode, epochs) for mode in ("probes", "full")}
+    configs = {mode: make_config(path, mode, epochs, n_probes) for mode in ("probes", "full")}
     data = load_data(configs["probes"])
     for cache in (data.train, data.test):
         for index in range(len(cache)):
@@ -148,6 +148,7 @@ def parse_arguments():
     parser.add_argument("--epochs", type=int, nargs="+", default=None,
                         help="epochs per molecule (one value for all, or one per molecule); "
                              f"default {DEFAULT_EPOCHS}")
+    parser.add_argument("--n-probes", type=int, default=1, help="Rademacher probes per molecule and minibatch")
     args = parser.parse_args()
     if args.epochs is None:
         args.epochs = [DEFAULT_EPOCHS[m] for m in args.molecules]
@@ -165,7 +166,8 @@ def main():
             "load_average_at_start": os.getloadavg()}
     print(f"torch {info['torch']}, {info['torch_threads']} thread(s), float64, batch {BATCH_SIZE}, "
           f"1 Rademacher probe; load average {info['load_average_at_start'][0]:.2f}\n")
-    results = {name: measure(name, MOLECULES[name], epochs) for name, epochs in zip(args.molecules, args.epochs)}
+    results = {name: measure(name, MOLECULES[name], epochs, args.n_probes)
+               for name, epochs in zip(args.molecules, args.epochs)}
 
     print(f"\n{'molecule':<10}{'atoms':>6}{'epochs':>7}{'probes s/epoch':>16}{'full s/epoch':>14}"
           f"{'full/probes':>13}{'H RMSE probes':>15}{'H RMSE full':>13}{'probes/full':>13}"
@@ -181,12 +183,14 @@ def main():
     name = "hessian_training"
     if args.molecules != ["ethanol", "aspirin"]:  # a partial run does not overwrite the full report
         name += "_" + "_".join(args.molecules)
+    if args.n_probes != 1:
+        name += f"_{args.n_probes}probes"
     save_report(
         name,
         __doc__.split("\n\n")[0],
         settings={"molecules": {m: MOLECULES[m] for m in args.molecules}, "epochs": dict(zip(args.molecules, args.epochs)),
                   "architecture": ARCHITECTURE, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
-                  "test_fraction": TEST_FRACTION, "dtype": "float64", "n_probes": 1, "probe_kind": "rademacher",
+                  "test_fraction": TEST_FRACTION, "dtype": "float64", "n_probes": args.n_probes, "probe_kind": "rademacher",
                   "loss": {"energy_rmse": 1, "forces_rmse": 1, "hessian": 1}, "seed": SEED},
         environment=info,
         results=results,

@@ -176,9 +176,11 @@ def test_hessian_training_reduces_hessian_error(tmp_path, mode):
     })
     train_member(config, load_data(config), 0, str(tmp_path / mode))
     records = [json.loads(line) for line in open(tmp_path / mode / "metrics.jsonl")]
-    if mode == "full":  # `mlip-md eval` reports Hessian errors of the deployed model
+    if mode == "full":  # `mlip-md eval` reports Hessian errors of the deployed model; train() plots them
         from mlip_md.train.evaluate import evaluate_exported
 
+        summary = train(config, str(tmp_path / "plots"), show_progress=False)
+        assert str(tmp_path / "plots" / "parity_hessian.png") in summary["plots"]
         model = train_member(config, load_data(config), 0, str(tmp_path / mode))  # resumes: no more epochs
         result = evaluate_exported(mlip_md.export(model, tmp_path / "h.pt"), path)
         assert 0 < result["hessian_rmse"] < records[0]["valid"]["hessian_rmse"]

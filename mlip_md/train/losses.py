@@ -120,12 +120,13 @@ def hessian_vector_error(
     return _per_structure_mean_square(torch.stack(products) - reference_products, batch)
 
 
-def full_hessian_error(predictions: Predictions, reference_hessians: list, batch: Batch) -> torch.Tensor:
-    """Mean squared Hessian-element error from full Hessians, one ``[3n, 3n]`` per structure (eV²/Å⁴).
+def batch_hessians(predictions: Predictions, batch: Batch) -> list:
+    """The model's Hessian of every structure, a list of ``[3n, 3n]`` (eV/Å², differentiable).
 
     The batch Hessian is block diagonal, so column k of every structure's
     Hessian comes from one double-backward pass whose probe is 1 at
     coordinate k of each structure: 3·max(n) passes, not 3·(total atoms).
+    ``predictions`` must come from ``predict(..., create_graph=True)``.
     """
     sizes = (3 * batch.n_atoms).tolist()
     starts = [0]
@@ -143,8 +144,13 @@ def full_hessian_error(predictions: Predictions, reference_hessians: list, batch
         )
         columns.append(column.reshape(-1))
     stacked = torch.stack(columns, dim=1)  # [3N, max 3n]: column k of each structure's block
+    return [stacked[start : start + size, :size] for start, size in zip(starts, sizes)]
+
+
+def full_hessian_error(predictions: Predictions, reference_hessians: list, batch: Batch) -> torch.Tensor:
+    """Mean squared Hessian-element error from full Hessians, one ``[3n, 3n]`` per structure (eV²/Å⁴)."""
     errors = [
-        (stacked[start : start + size, :size] - reference).square().mean()
-        for start, size, reference in zip(starts, sizes, reference_hessians)
+        (model - reference).square().mean()
+        for model, reference in zip(batch_hessians(predictions, batch), reference_hessians)
     ]
     return torch.stack(errors).mean()

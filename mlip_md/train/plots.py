@@ -59,6 +59,40 @@ def plot_parity(
     return out_path
 
 
+def plot_hessian_parity(reference: np.ndarray, predicted: np.ndarray, out_path: str, title: str = "test set") -> str:
+    """Parity plot of Hessian elements (eV/Å²)."""
+    figure, axis = plt.subplots(figsize=(4.6, 4.2), constrained_layout=True)
+    low, high = min(reference.min(), predicted.min()), max(reference.max(), predicted.max())
+    axis.plot([low, high], [low, high], color="grey", linewidth=0.8)
+    axis.scatter(reference, predicted, s=2, alpha=0.4)
+    rmse = float(np.sqrt(np.mean((predicted - reference) ** 2)))
+    axis.set_title(f"{title}: RMSE {rmse:.3g} eV/Å²")
+    axis.set_xlabel("reference Hessian element (eV/Å²)")
+    axis.set_ylabel("model Hessian element (eV/Å²)")
+    figure.savefig(out_path, dpi=120)
+    plt.close(figure)
+    return out_path
+
+
+def hessian_parity_data(model, cache, species_map, batch_size: int):
+    """Reference and model Hessian elements over a set with Hessian labels (flat arrays)."""
+    from mlip_md.data import collate
+    from mlip_md.train.losses import batch_hessians, predict
+
+    dtype = next(model.parameters()).dtype
+    reference, predicted = [], []
+    for start in range(0, len(cache), batch_size):
+        batch = collate(cache, range(start, min(start + batch_size, len(cache))), species_map, dtype)
+        if batch.hessians is None:
+            continue
+        model_hessians = batch_hessians(predict(model, batch, create_graph=True), batch)
+        reference += [h.numpy().ravel() for h in batch.hessians]
+        predicted += [h.detach().numpy().ravel() for h in model_hessians]
+    if not reference:
+        return np.empty(0), np.empty(0)
+    return np.concatenate(reference), np.concatenate(predicted)
+
+
 def parity_data(model, cache, species_map, batch_size: int):
     """Reference and predicted per-atom energies and forces over a set (for :func:`plot_parity`)."""
     from mlip_md.data import collate

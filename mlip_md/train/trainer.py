@@ -34,7 +34,13 @@ from mlip_md.train.losses import (
     reference_products,
     sample_probes,
 )
-from mlip_md.train.plots import parity_data, plot_learning_curves, plot_parity
+from mlip_md.train.plots import (
+    hessian_parity_data,
+    parity_data,
+    plot_hessian_parity,
+    plot_learning_curves,
+    plot_parity,
+)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -327,6 +333,10 @@ def _plots(config: Config, data: DataSplit, model: HIPNN, out: str, run_director
     paths = [plot_learning_curves(os.path.join(out, run_directory, "metrics.jsonl"), curves)]
     name, cache = ("test set", data.test) if len(data.test) else ("validation set", data.valid)
     if len(cache):
-        values = parity_data(model, cache, SpeciesMap(data.species), config.training.batch_size)
+        species_map = SpeciesMap(data.species)
+        values = parity_data(model, cache, species_map, config.training.batch_size)
         paths.append(plot_parity(*values, os.path.join(out, "parity.png"), title=name))
+        reference, predicted = hessian_parity_data(model, cache, species_map, config.training.batch_size)
+        if reference.size:
+            paths.append(plot_hessian_parity(reference, predicted, os.path.join(out, "parity_hessian.png"), name))
     return paths
