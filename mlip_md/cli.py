@@ -17,21 +17,33 @@ from mlip_md.md import EnergyRecord, run_nve
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Builds a small random-weight HIP-NN for Al, exports it, runs NVE MD with ASE."""
+    """The main job on built-in defaults: EMT Al data -> trained HIP-NN -> exported file -> ASE NVE MD."""
     import torch
+    from ase.calculators.emt import EMT
 
-    torch.manual_seed(args.seed)
+    from mlip_md.data.generate import generate_aluminium, write_images
+    from mlip_md.train.config import config_from_dict
+    from mlip_md.train.trainer import train
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = mlip_md.HIPNN(species=["Al"], n_interactions=2, n_features=20, n_sensitivities=20,
-                          n_atom_layers=3, cutoff=args.cutoff)
-    path = mlip_md.export(model, os.path.join(args.out, "demo_model.pt"), dtype=args.dtype)
-    print(f"exported model: {path}")
-    print("  (random weights: training arrives with `mlip-md train`; this checks the pipeline)")
+    data = write_images(generate_aluminium(args.configs, seed=args.seed), os.path.join(args.out, "aluminium.extxyz"))
+    print(f"1. labelled {args.configs} aluminium structures with EMT: {data}")
+    config = config_from_dict({
+        "data": {"train": data, "valid_fraction": 0.1, "test_fraction": 0.1},
+        "model": {"species": ["Al"], "cutoff": args.cutoff, "dist_soft_min": 1.7, "dist_soft_max": 5.0},
+        "training": {"max_epochs": args.epochs, "batch_size": 8, "learning_rate": 0.003, "seed": args.seed,
+                     "export_dtype": args.dtype},
+    })
+    summary = train(config, os.path.join(args.out, "run"), show_progress=True)
+    test = summary["members"][0]["test"]
+    print(f"2. trained HIP-NN for {args.epochs} epochs; test errors: energy {test['energy_mae']:.1f} meV/atom, "
+          f"forces {test['forces_mae']:.3f} eV/Å (MAE)")
+    print(f"3. exported model: {summary['model']}")
     atoms = bulk("Al", "fcc", a=4.05, cubic=True) * ((args.repeat,) * 3)
     atoms.rattle(0.05, seed=args.seed)
-    atoms.calc = MLIPCalculator(path)
-    print(f"NVE: {len(atoms)} Al atoms, {args.steps} steps of {args.timestep} fs from {args.temperature} K")
+    atoms.calc = MLIPCalculator(summary["model"])
+    print(f"4. NVE: {len(atoms)} Al atoms, {args.steps} steps of {args.timestep} fs from {args.temperature} K")
     print(f"{'step':>6} {'time/fs':>8} {'Epot/eV/atom':>14} {'Ekin/eV/atom':>13} {'Etot/eV/atom':>14} {'T/K':>8}")
 
     def show(r: EnergyRecord) -> None:
@@ -40,6 +52,9 @@ def _demo(args: argparse.Namespace) -> int:
     records = run_nve(atoms, args.steps, args.timestep, args.temperature, args.log_interval, args.seed, show)
     drift = records[-1].total - records[0].total
     print(f"total-energy drift: {drift:+.2e} eV/atom over {records[-1].time_fs:.0f} fs")
+    model_energy = atoms.get_potential_energy() / len(atoms)
+    atoms.calc = EMT()
+    print(f"final frame: model {model_energy:.4f} eV/atom, EMT {atoms.get_potential_energy() / len(atoms):.4f} eV/atom")
     return 0
 
 
@@ -87,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlip_md {mlip_md.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="build and export a small model, run ASE NVE MD with it")
+    demo = commands.add_parser("demo", help="EMT Al data -> train HIP-NN -> export -> ASE NVE MD (the main job)")
+    demo.add_argument("--configs", type=int, default=80, help="EMT structures to label (default 80)")
+    demo.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     demo.add_argument("--out", default="mlip_md_demo", help="output directory (default: mlip_md_demo)")
     demo.add_argument("--repeat", type=int, default=3, help="fcc cubic cells per direction (default 3: 108 atoms)")
     demo.add_argument("--steps", type=int, default=200, help="MD steps (default 200)")

@@ -12,11 +12,13 @@ from mlip_md.cli import main
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_demo_exports_and_runs_md(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--repeat", "2", "--steps", "20", "--log-interval", "10"]) == 0
+def test_demo_trains_exports_and_runs_md(tmp_path, capsys):
+    arguments = ["demo", "--out", str(tmp_path), "--configs", "12", "--epochs", "2", "--repeat", "2",
+                 "--steps", "20", "--log-interval", "10"]
+    assert main(arguments) == 0
     output = capsys.readouterr().out
-    assert (tmp_path / "demo_model.pt").is_file()
-    assert "NVE: 32 Al atoms, 20 steps" in output
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "aluminium.extxyz").is_file()
+    assert "NVE: 32 Al atoms, 20 steps" in output and "final frame: model" in output
     rows = [line.split() for line in output.splitlines() if line.strip().split(" ")[0].isdigit()]
     assert [row[0] for row in rows] == ["0", "10", "20"]
     assert "total-energy drift" in output
