@@ -139,9 +139,11 @@ def test_shipped_input_configs_are_valid():
 
 def _emt_clusters_with_hessians(n=8, h=1e-4):
     """Small Al clusters with EMT energies, forces and finite-difference Hessians."""
+    from ase.build import bulk
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.build import bulk
+
+    from mlip_md.data.generate import finite_difference_hessian
 
     images = []
     for k in range(n):
@@ -149,18 +151,10 @@ def _emt_clusters_with_hessians(n=8, h=1e-4):
         atoms.pbc = False
         atoms.rattle(0.15, seed=k)
         atoms.calc = EMT()
-        hessian = np.zeros((3 * len(atoms), 3 * len(atoms)))
-        for row in range(3 * len(atoms)):
-            forces = []
-            for sign in (1, -1):
-                displaced = atoms.copy()
-                displaced.calc = EMT()
-                displaced.positions[row // 3, row % 3] += sign * h
-                forces.append(displaced.get_forces().ravel())
-            hessian[row] = -(forces[0] - forces[1]) / (2 * h)
+        hessian = finite_difference_hessian(atoms, EMT(), step=h)
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
-        atoms.info["hessian"] = (0.5 * (hessian + hessian.T)).ravel()
+        atoms.info["hessian"] = hessian.ravel()
         images.append(atoms)
     return images
 

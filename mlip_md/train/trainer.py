@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 from tqdm import tqdm
 
 from mlip_md.data import GraphCache, collate, fit_reference_energies, read_configurations, split_indices
@@ -67,7 +68,7 @@ def load_data(config: Config) -> DataSplit:
     if data.test:
         test = read_configurations(data.test, data.energy_key, data.forces_key, require_forces=False)
     species = config.model.species or sorted(
-        {symbol for c in configurations for symbol in c.to_atoms().get_chemical_symbols()}
+        {chemical_symbols[z] for c in configurations for z in np.unique(c.numbers)}
     )
     cutoff = config.model.cutoff
     return DataSplit(
