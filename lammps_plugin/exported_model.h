@@ -1,0 +1,32 @@
+/* Loads an exported mlip_md model file in C++ (the contract is documented in
+   mlip_md/contract.py; its constants reach this code as compile definitions
+   read from that file by CMakeLists.txt, so Python and C++ cannot drift). */
+
+#ifndef MLIP_EXPORTED_MODEL_H
+#define MLIP_EXPORTED_MODEL_H
+
+#include <torch/script.h>
+
+#include <string>
+#include <vector>
+
+namespace mlip {
+
+struct ExportedModel {
+  torch::jit::Module module;         // forward(species [N], edge_index [2,E], edge_vectors [E,3]) -> [M,N] eV
+  std::vector<std::string> species;  // element symbols; position = species index
+  double cutoff = 0.0;               // Angstrom
+  int n_interactions = 0;            // message-passing layers
+  torch::Dtype dtype = torch::kFloat64;
+  int ensemble_size = 1;             // M, rows of the output
+  std::string dtype_name;            // "float32" or "float64"
+};
+
+/* Opens `path`, reads and checks its metadata. Throws std::runtime_error with a
+   message that names the problem: missing file, not a TorchScript file, no
+   mlip_md metadata, unknown format or version, missing or malformed keys. */
+ExportedModel load_exported_model(const std::string &path);
+
+}    // namespace mlip
+
+#endif

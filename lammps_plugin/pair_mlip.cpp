@@ -1,0 +1,486 @@
+/* pair_style mlip: see pair_mlip.h for the input syntax and the parallel scheme,
+   and mlip_md/contract.py for the exported-model contract:
+     forward(species [N], edge_index [2,E], edge_vectors [E,3]) -> [M,N] eV
+     g_e = dE/dr_e;  F_i += g_e, F_j -= g_e;  virial W = -sum_e r_e (x) g_e. */
+
+#include "pair_mlip.h"
+
+#include "exported_model.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+
+#include <torch/csrc/jit/runtime/graph_executor.h>
+#include <torch/torch.h>
+
+#include <climits>
+#include <cstring>
+#include <unordered_map>
+
+using namespace LAMMPS_NS;
+
+PairMLIP::PairMLIP(LAMMPS *lmp) : Pair(lmp)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients
+  centroidstressflag = CENTROID_NOTAVAIL;
+}
+
+PairMLIP::~PairMLIP()
+{
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+    memory->destroy(cutghost);
+  }
+  memory->destroy(forces_uncertainty);
+  memory->destroy(member_forces);
+}
+
+void PairMLIP::allocate()
+{
+  allocated = 1;
+  int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  memory->create(cutsq, n, n, "pair:cutsq");
+  memory->create(cutghost, n, n, "pair:cutghost");
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) setflag[i][j] = 0;
+}
+
+/* pair_style mlip [threads N] */
+
+void PairMLIP::settings(int narg, char **arg)
+{
+  int iarg = 0;
+  while (iarg < narg) {
+    if (strcmp(arg[iarg], "threads") == 0) {
+      if (iarg + 2 > narg) error->all(FLERR, "pair_style mlip: 'threads' needs a value");
+      n_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (n_threads < 1) error->all(FLERR, "pair_style mlip: threads must be >= 1, got {}", n_threads);
+      iarg += 2;
+    } else {
+      error->all(FLERR, "pair_style mlip: unknown option '{}' (known: threads N)", arg[iarg]);
+    }
+  }
+  ghost_mode = comm->nprocs > 1;
+  ghostneigh = ghost_mode ? 1 : 0;
+}
+
+/* pair_coeff * * model.pt El1 El2 ... (one element symbol or NULL per atom type) */
+
+void PairMLIP::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  int ntypes = atom->ntypes;
+  if (narg < 3 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for pair_style mlip must be: pair_coeff * * model.pt El1 El2 ...");
+  if (narg != 3 + ntypes)
+    error->all(FLERR,
+               "pair_coeff for pair_style mlip needs one element or NULL per atom type: "
+               "got {} after the model file, the box has {} atom types",
+               narg - 3, ntypes);
+  try {
+    model = std::make_unique<mlip::ExportedModel>(mlip::load_exported_model(arg[2]));
+  } catch (const std::exception &problem) {
+    error->all(FLERR, "pair_style mlip: {}", problem.what());
+  }
+
+  species_of_type.assign(ntypes + 1, -1);
+  for (int type = 1; type <= ntypes; type++) {
+    std::string element = arg[2 + type];
+    if (element == "NULL") continue;
+    int index = -1;
+    for (size_t s = 0; s < model->species.size(); s++)
+      if (model->species[s] == element) index = static_cast<int>(s);
+    if (index < 0)
+      error->all(FLERR, "pair_style mlip: element {} (atom type {}) is not in model {}, which knows: {}",
+                 element, type, arg[2], utils::join_words(model->species, " "));
+    species_of_type[type] = index;
+  }
+  int count = 0;
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) {
+      setflag[i][j] = (species_of_type[i] >= 0 && species_of_type[j] >= 0) ? 1 : 0;
+      count += setflag[i][j];
+    }
+  if (count == 0) error->all(FLERR, "pair_style mlip: pair_coeff maps no atom type to an element");
+  comm_reverse = model->ensemble_size > 1 ? 3 * model->ensemble_size : 0;
+}
+
+void PairMLIP::init_style()
+{
+  if (!model) error->all(FLERR, "pair_style mlip: no model; give pair_coeff * * model.pt ...");
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "pair_style mlip requires 'units metal' (eV, Angstrom); this input uses units {}",
+               update->unit_style);
+  if (atom->tag_enable == 0) error->all(FLERR, "pair_style mlip requires atom IDs");
+  if (ghost_mode && force->newton_pair == 0)
+    error->all(FLERR,
+               "pair_style mlip on {} MPI ranks requires newton_pair on (ghost forces are returned "
+               "to their owners by reverse communication); remove 'newton off' or run on one rank",
+               comm->nprocs);
+  if (ghost_mode) {
+    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+    // Message passing over n layers needs every atom within n * cutoff of an
+    // owned atom, with complete neighbour lists for those within (n-1) * cutoff.
+    double shell = model->n_interactions * model->cutoff + neighbor->skin;
+    if (comm->cutghostuser < shell) comm->cutghostuser = shell;
+  } else {
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+  }
+  torch::set_num_threads(n_threads);
+}
+
+double PairMLIP::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0) error->all(FLERR, "All pair coeffs are not set");
+  cutghost[i][j] = cutghost[j][i] = model->cutoff;
+  return model->cutoff;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairMLIP::grow_peratom()
+{
+  if (atom->nmax <= nmax_peratom) return;
+  nmax_peratom = atom->nmax;
+  memory->destroy(forces_uncertainty);
+  memory->destroy(member_forces);
+  memory->create(forces_uncertainty, nmax_peratom, "pair:forces_uncertainty");
+  int columns = model->ensemble_size > 1 ? 3 * model->ensemble_size : 1;
+  memory->create(member_forces, nmax_peratom, columns, "pair:member_forces");
+}
+
+/* one rank: every ghost atom is a periodic image of an owned atom */
+
+void PairMLIP::map_ghosts_to_owners()
+{
+  int nlocal = atom->nlocal;
+  int nall = nlocal + atom->nghost;
+  tagint *tag = atom->tag;
+  owner.resize(nall);
+  for (int i = 0; i < nlocal; i++) owner[i] = i;
+  if (nall == nlocal) return;
+  if (atom->map_style != Atom::MAP_NONE) {
+    for (int j = nlocal; j < nall; j++) owner[j] = atom->map(tag[j]);
+  } else {
+    std::unordered_map<tagint, int> local_of_tag;
+    local_of_tag.reserve(nlocal);
+    for (int i = 0; i < nlocal; i++) local_of_tag[tag[i]] = i;
+    for (int j = nlocal; j < nall; j++) {
+      auto found = local_of_tag.find(tag[j]);
+      owner[j] = found == local_of_tag.end() ? -1 : found->second;
+    }
+  }
+  for (int j = nlocal; j < nall; j++)
+    if (owner[j] < 0 || owner[j] >= nlocal)
+      error->one(FLERR, "pair_style mlip: ghost atom ID {} has no owned atom on this rank", tag[j]);
+}
+
+void PairMLIP::build_graph_one_rank()
+{
+  map_ghosts_to_owners();
+  int nlocal = atom->nlocal;
+  int *type = atom->type;
+  double **x = atom->x;
+  double cut2 = model->cutoff * model->cutoff;
+
+  graph = Graph();
+  atom_node.assign(nlocal, -1);
+  for (int i = 0; i < nlocal; i++)
+    if (species_of_type[type[i]] >= 0) {
+      atom_node[i] = static_cast<int>(graph.node_atom.size());
+      graph.node_atom.push_back(i);
+    }
+  graph.n_local_nodes = static_cast<int>(graph.node_atom.size());
+
+  for (int ii = 0; ii < list->inum; ii++) {
+    int i = list->ilist[ii];
+    if (atom_node[i] < 0) continue;
+    int *neighbors = list->firstneigh[i];
+    for (int jj = 0; jj < list->numneigh[i]; jj++) {
+      int j = neighbors[jj] & NEIGHMASK;
+      int o = owner[j];
+      if (atom_node[o] < 0) continue;
+      double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+      if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cut2) continue;
+      graph.add_edge(atom_node[i], atom_node[o], i, o, d);
+    }
+  }
+}
+
+/* several ranks: the model runs on every atom within n_interactions hops
+   (edges shorter than the cutoff) of an owned atom; only atoms within
+   n_interactions - 1 hops receive messages, so only their edges are kept */
+
+void PairMLIP::build_graph_with_ghosts()
+{
+  int nlocal = atom->nlocal;
+  int nall = nlocal + atom->nghost;
+  int *type = atom->type;
+  double **x = atom->x;
+  double cut2 = model->cutoff * model->cutoff;
+  int layers = model->n_interactions;
+
+  // edges within the cutoff of every atom that has a neighbour list, by receiver
+  int n_rows = list->inum + list->gnum;
+  std::vector<int> row_start(n_rows + 1, 0), row_of_atom(nall, -1), neighbor_atom;
+  std::vector<double> vectors;
+  for (int ii = 0; ii < n_rows; ii++) {
+    int i = list->ilist[ii];
+    row_of_atom[i] = ii;
+    if (species_of_type[type[i]] >= 0) {
+      int *neighbors = list->firstneigh[i];
+      for (int jj = 0; jj < list->numneigh[i]; jj++) {
+        int j = neighbors[jj] & NEIGHMASK;
+        if (species_of_type[type[j]] < 0) continue;
+        double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+        if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cut2) continue;
+        neighbor_atom.push_back(j);
+        vectors.insert(vectors.end(), d, d + 3);
+      }
+    }
+    row_start[ii + 1] = static_cast<int>(neighbor_atom.size());
+  }
+
+  // breadth-first hops from the owned atoms
+  hops.assign(nall, INT_MAX);
+  std::vector<int> frontier, next;
+  for (int i = 0; i < nlocal; i++)
+    if (species_of_type[type[i]] >= 0) {
+      hops[i] = 0;
+      frontier.push_back(i);
+    }
+  for (int hop = 0; hop < layers; hop++) {
+    next.clear();
+    for (int i : frontier) {
+      int row = row_of_atom[i];
+      if (row < 0)
+        error->one(FLERR, "pair_style mlip: atom {} within {} hops has no neighbour list; the ghost shell is too thin",
+                   atom->tag[i], hop);
+      for (int e = row_start[row]; e < row_start[row + 1]; e++) {
+        int j = neighbor_atom[e];
+        if (hops[j] == INT_MAX) {
+          hops[j] = hop + 1;
+          next.push_back(j);
+        }
+      }
+    }
+    frontier.swap(next);
+  }
+
+  graph = Graph();
+  atom_node.assign(nall, -1);
+  for (int i = 0; i < nall; i++) {
+    if (i == nlocal) graph.n_local_nodes = static_cast<int>(graph.node_atom.size());
+    if (hops[i] <= layers) {
+      atom_node[i] = static_cast<int>(graph.node_atom.size());
+      graph.node_atom.push_back(i);
+    }
+  }
+  if (nall == nlocal) graph.n_local_nodes = static_cast<int>(graph.node_atom.size());
+  for (int node = 0; node < static_cast<int>(graph.node_atom.size()); node++) {
+    int i = graph.node_atom[node];
+    if (hops[i] >= layers) continue;
+    int row = row_of_atom[i];
+    for (int e = row_start[row]; e < row_start[row + 1]; e++) {
+      int j = neighbor_atom[e];
+      graph.add_edge(node, atom_node[j], i, j, &vectors[3 * e]);
+    }
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairMLIP::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  grow_peratom();
+  if (ghost_mode)
+    build_graph_with_ghosts();
+  else
+    build_graph_one_rank();
+
+  int members = model->ensemble_size;
+  std::vector<double> node_energies, mean_gradients, member_gradients;
+  if (graph.n_local_nodes > 0) {
+    try {
+      evaluate(node_energies, mean_gradients, member_gradients);
+    } catch (const std::exception &problem) {
+      error->one(FLERR, "pair_style mlip: model evaluation failed: {}", problem.what());
+    }
+  }
+  tally(node_energies, mean_gradients);
+  if (members > 1) tally_members(member_gradients);
+}
+
+/* runs the model on the graph: mean per-atom energies of the local nodes [n_local],
+   mean edge gradients [E*3], and for ensembles each member's gradients [M*E*3] */
+
+void PairMLIP::evaluate(std::vector<double> &node_energies, std::vector<double> &mean_gradients,
+                        std::vector<double> &member_gradients)
+{
+  int n_nodes = static_cast<int>(graph.node_atom.size());
+  int n_edges = graph.n_edges();
+  int members = model->ensemble_size;
+  int *type = atom->type;
+
+  torch::Tensor species = torch::empty({n_nodes}, torch::kInt64);
+  auto species_data = species.data_ptr<int64_t>();
+  for (int n = 0; n < n_nodes; n++) species_data[n] = species_of_type[type[graph.node_atom[n]]];
+  torch::Tensor edge_index = torch::empty({2, n_edges}, torch::kInt64);
+  auto index_data = edge_index.data_ptr<int64_t>();
+  std::copy(graph.edge_i.begin(), graph.edge_i.end(), index_data);
+  std::copy(graph.edge_j.begin(), graph.edge_j.end(), index_data + n_edges);
+  torch::Tensor vectors = torch::from_blob(graph.edge_vectors.data(), {n_edges, 3}, torch::kFloat64)
+                              .to(model->dtype, false, true)
+                              .requires_grad_(true);
+
+  torch::Tensor energies;
+  {
+    // op-by-op execution: no profiling runs or recompilation as graph sizes change
+    torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);
+    energies = model->module.forward({species, edge_index, vectors}).toTensor();
+  }
+  if (energies.dim() != 2 || energies.size(0) != members || energies.size(1) != n_nodes)
+    throw std::runtime_error("model returned a tensor of shape " + std::to_string(energies.dim()) +
+                             "-d, expected [" + std::to_string(members) + ", " + std::to_string(n_nodes) + "]");
+  torch::Tensor local = energies.narrow(1, 0, graph.n_local_nodes);
+  torch::Tensor totals = local.sum(1);    // [M]
+  torch::Tensor mean_local = local.detach().mean(0).to(torch::kFloat64).contiguous();
+  node_energies.assign(mean_local.data_ptr<double>(), mean_local.data_ptr<double>() + graph.n_local_nodes);
+
+  auto gradient_of = [&](const torch::Tensor &output, bool keep_graph) {
+    auto gradient = torch::autograd::grad({output}, {vectors}, {}, keep_graph, false, true)[0];
+    if (!gradient.defined()) gradient = torch::zeros({n_edges, 3}, torch::kFloat64);
+    return gradient.to(torch::kFloat64).contiguous();
+  };
+  if (members == 1) {
+    torch::Tensor gradient = gradient_of(totals.sum(), false);
+    mean_gradients.assign(gradient.data_ptr<double>(), gradient.data_ptr<double>() + 3 * n_edges);
+    return;
+  }
+  mean_gradients.assign(3 * n_edges, 0.0);
+  member_gradients.resize(static_cast<size_t>(members) * 3 * n_edges);
+  for (int m = 0; m < members; m++) {
+    torch::Tensor gradient = gradient_of(totals[m], m + 1 < members);
+    const double *g = gradient.data_ptr<double>();
+    std::copy(g, g + 3 * n_edges, member_gradients.begin() + static_cast<size_t>(m) * 3 * n_edges);
+    for (int k = 0; k < 3 * n_edges; k++) mean_gradients[k] += g[k] / members;
+  }
+}
+
+/* energy, forces and virials from the mean model */
+
+void PairMLIP::tally(const std::vector<double> &node_energies, const std::vector<double> &gradients)
+{
+  for (int n = 0; n < static_cast<int>(node_energies.size()); n++) {
+    if (eflag_global) eng_vdwl += node_energies[n];
+    if (eflag_atom) eatom[graph.node_atom[n]] += node_energies[n];
+  }
+  double **f = atom->f;
+  int n_edges = static_cast<int>(gradients.size() / 3);
+  for (int e = 0; e < n_edges; e++) {
+    const double *g = &gradients[3 * e];
+    const double *r = &graph.edge_vectors[3 * e];
+    int i = graph.edge_atom_i[e], j = graph.edge_atom_j[e];
+    for (int k = 0; k < 3; k++) {
+      f[i][k] += g[k];
+      f[j][k] -= g[k];
+    }
+    if (!vflag_either) continue;
+    // W = -r (x) g, symmetrised per edge; components xx yy zz xy xz yz
+    double w[6] = {-r[0] * g[0],
+                   -r[1] * g[1],
+                   -r[2] * g[2],
+                   -0.5 * (r[0] * g[1] + r[1] * g[0]),
+                   -0.5 * (r[0] * g[2] + r[2] * g[0]),
+                   -0.5 * (r[1] * g[2] + r[2] * g[1])};
+    for (int k = 0; k < 6; k++) {
+      if (vflag_global) virial[k] += w[k];
+      if (vflag_atom) {
+        vatom[i][k] += 0.5 * w[k];
+        vatom[j][k] += 0.5 * w[k];
+      }
+    }
+  }
+}
+
+/* per-atom force uncertainty sqrt(mean_m |F_i^m - <F_i>|^2) from each member's gradients */
+
+void PairMLIP::tally_members(const std::vector<double> &member_gradients)
+{
+  int members = model->ensemble_size;
+  int columns = 3 * members;
+  int nlocal = atom->nlocal;
+  int nall = nlocal + atom->nghost;
+  for (int i = 0; i < nall; i++)
+    for (int c = 0; c < columns; c++) member_forces[i][c] = 0.0;
+  int n_edges = graph.n_edges();
+  if (!member_gradients.empty())
+    for (int m = 0; m < members; m++)
+      for (int e = 0; e < n_edges; e++) {
+        const double *g = &member_gradients[(static_cast<size_t>(m) * n_edges + e) * 3];
+        int i = graph.edge_atom_i[e], j = graph.edge_atom_j[e];
+        for (int k = 0; k < 3; k++) {
+          member_forces[i][3 * m + k] += g[k];
+          member_forces[j][3 * m + k] -= g[k];
+        }
+      }
+  if (ghost_mode) comm->reverse_comm(this);
+  for (int i = 0; i < nlocal; i++) {
+    double mean[3] = {0.0, 0.0, 0.0};
+    for (int m = 0; m < members; m++)
+      for (int k = 0; k < 3; k++) mean[k] += member_forces[i][3 * m + k] / members;
+    double spread = 0.0;
+    for (int m = 0; m < members; m++)
+      for (int k = 0; k < 3; k++) {
+        double d = member_forces[i][3 * m + k] - mean[k];
+        spread += d * d;
+      }
+    forces_uncertainty[i] = std::sqrt(spread / members);
+  }
+}
+
+int PairMLIP::pack_reverse_comm(int n, int first, double *buf)
+{
+  int m = 0;
+  for (int i = first; i < first + n; i++)
+    for (int c = 0; c < comm_reverse; c++) buf[m++] = member_forces[i][c];
+  return m;
+}
+
+void PairMLIP::unpack_reverse_comm(int n, int *list_, double *buf)
+{
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    for (int c = 0; c < comm_reverse; c++) member_forces[list_[i]][c] += buf[m++];
+}
+
+void *PairMLIP::extract_peratom(const char *name, int &ncols)
+{
+  ncols = 0;
+  if (strcmp(name, "forces_uncertainty") != 0) return nullptr;
+  if (model && model->ensemble_size < 2)
+    error->all(FLERR, "pair_style mlip: forces_uncertainty needs an ensemble model; this model has one member");
+  return forces_uncertainty;
+}
+
+double PairMLIP::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += static_cast<double>(nmax_peratom) * sizeof(double);
+  if (model) bytes += static_cast<double>(nmax_peratom) * 3 * model->ensemble_size * sizeof(double);
+  bytes += graph.edge_vectors.size() * sizeof(double) * 3;
+  return bytes;
+}

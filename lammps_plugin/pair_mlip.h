@@ -1,0 +1,94 @@
+/* pair_style mlip: an exported mlip_md model (HIP-NN, TorchScript) in LAMMPS.
+
+   Input deck:
+     pair_style mlip [threads N]
+     pair_coeff * * model.pt El1 El2 ...     (one element or NULL per atom type)
+
+   Serves energy, forces, global and per-atom virial, per-atom energy, and for
+   ensemble files the per-atom force uncertainty (extract_peratom name
+   "forces_uncertainty", e.g. through fix pair). units metal only.
+
+   One MPI rank: ghost atoms are mapped to their owners, so the model runs on
+   the local atoms only. Several ranks: the plugin widens the ghost shell to
+   n_interactions * cutoff + skin, requests neighbour lists of ghost atoms and
+   runs the model on the atoms within n_interactions hops of the local ones;
+   ghost forces (and per-member forces for the uncertainty) go back to their
+   owners by reverse communication, which needs newton_pair on. */
+
+#ifndef LMP_PAIR_MLIP_H
+#define LMP_PAIR_MLIP_H
+
+#include "pair.h"
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace mlip {
+struct ExportedModel;
+}
+
+namespace LAMMPS_NS {
+
+class PairMLIP : public Pair {
+ public:
+  PairMLIP(class LAMMPS *);
+  ~PairMLIP() override;
+
+  void compute(int eflag, int vflag) override;
+  void settings(int narg, char **arg) override;
+  void coeff(int narg, char **arg) override;
+  void init_style() override;
+  double init_one(int i, int j) override;
+  void *extract_peratom(const char *name, int &ncols) override;
+  int pack_reverse_comm(int n, int first, double *buf) override;
+  void unpack_reverse_comm(int n, int *list, double *buf) override;
+  double memory_usage() override;
+
+ private:
+  // The graph handed to the model: nodes are LAMMPS atom indices, owned ones first.
+  struct Graph {
+    std::vector<int> node_atom;        // [n_nodes] atom index of each node
+    int n_local_nodes = 0;             // nodes [0, n_local_nodes) are owned atoms
+    std::vector<int64_t> edge_i;       // [E] receiving node
+    std::vector<int64_t> edge_j;       // [E] neighbour node
+    std::vector<int> edge_atom_i;      // [E] atom that gets +g_e
+    std::vector<int> edge_atom_j;      // [E] atom that gets -g_e
+    std::vector<double> edge_vectors;  // [E * 3] r_ij = x_j - x_i, Angstrom
+    int n_edges() const { return static_cast<int>(edge_i.size()); }
+    void add_edge(int node_i, int node_j, int atom_i, int atom_j, const double *vector)
+    {
+      edge_i.push_back(node_i);
+      edge_j.push_back(node_j);
+      edge_atom_i.push_back(atom_i);
+      edge_atom_j.push_back(atom_j);
+      edge_vectors.insert(edge_vectors.end(), vector, vector + 3);
+    }
+  };
+
+  std::unique_ptr<mlip::ExportedModel> model;
+  std::vector<int> species_of_type;    // [ntypes + 1] species index, -1 for NULL
+  int n_threads = 1;                   // torch intra-op threads per rank
+  bool ghost_mode = false;             // several ranks: evaluate on ghosts too
+  Graph graph;
+  std::vector<int> owner;              // [nall] owned atom of each atom (one-rank mode)
+  std::vector<int> atom_node;          // [nall] node of each atom, -1 if none
+  std::vector<int> hops;               // [nall] hops from the nearest owned atom (ghost mode)
+  int nmax_peratom = 0;                // allocated rows of the per-atom arrays below
+  double *forces_uncertainty = nullptr;  // [nmax] eV/Angstrom
+  double **member_forces = nullptr;      // [nmax][3M] forces of each ensemble member
+
+  void allocate();
+  void grow_peratom();
+  void map_ghosts_to_owners();
+  void build_graph_one_rank();
+  void build_graph_with_ghosts();
+  void evaluate(std::vector<double> &node_energies, std::vector<double> &mean_gradients,
+                std::vector<double> &member_gradients);
+  void tally(const std::vector<double> &node_energies, const std::vector<double> &gradients);
+  void tally_members(const std::vector<double> &member_gradients);
+};
+
+}    // namespace LAMMPS_NS
+
+#endif

@@ -1,0 +1,126 @@
+"""Runs one structure through LAMMPS with pair_style mlip; used by test_lammps.py under mpiexec.
+
+    mpiexec -n RANKS python tests/lammps_driver.py SPEC.json
+
+SPEC (JSON) keys: model, elements (element or NULL per atom type), cell
+(lower-triangular 3×3, Å), origin, boundary (e.g. "p p p"), positions (Å),
+types (1-based), ids, optional: processors, newton ("on"/"off"), hybrid
+(bool: overlay with pair_style zero), delete_ids, ensemble (bool), nve
+({"steps", "timestep_fs", "temperature", "every"}), pair_options, out (.npz).
+Rank 0 writes energy (eV), virial (6, eV: xx yy zz xy xz yz), forces, per-atom
+energies, per-atom virials (eV) and, for ensembles, per-atom force
+uncertainty, all sorted by atom ID.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from mlip_md.lammps import start_lammps
+
+
+def _setup(lmp, spec: dict) -> None:
+    cell = np.asarray(spec["cell"], dtype=float)
+    origin = np.asarray(spec.get("origin", [0.0, 0.0, 0.0]), dtype=float)
+    lmp.commands_list([
+        "units metal",
+        "atom_style atomic",
+        "atom_modify map array sort 0 0",
+        f"boundary {spec['boundary']}",
+        f"newton {spec.get('newton', 'on')}",
+    ])
+    if "processors" in spec:
+        lmp.command(f"processors {spec['processors']}")
+    (ax, _, _), (bx, by, _), (cx, cy, cz) = cell
+    hi = origin + [ax, by, cz]
+    lmp.command(
+        f"region box prism {origin[0]:.17g} {hi[0]:.17g} {origin[1]:.17g} {hi[1]:.17g} "
+        f"{origin[2]:.17g} {hi[2]:.17g} {bx:.17g} {cx:.17g} {cy:.17g}"
+    )
+    n_types = len(spec["elements"])
+    lmp.command(f"create_box {n_types} box")
+    for t in range(1, n_types + 1):
+        lmp.command(f"mass {t} 26.98")
+    positions = np.asarray(spec["positions"], dtype=float)
+    lmp.create_atoms(len(positions), spec["ids"], spec["types"], positions.reshape(-1).tolist())
+    if spec.get("delete_ids"):
+        lmp.command(f"group gone id {' '.join(map(str, spec['delete_ids']))}")
+        lmp.command("delete_atoms group gone compress no")
+    options = spec.get("pair_options", "")
+    elements = " ".join(spec["elements"])
+    if spec.get("hybrid"):
+        lmp.command(f"pair_style hybrid/overlay mlip {options} zero 4.0")
+        lmp.command(f"pair_coeff * * mlip {spec['model']} {elements}")
+        lmp.command("pair_coeff * * zero")
+    else:
+        lmp.command(f"pair_style mlip {options}")
+        lmp.command(f"pair_coeff * * {spec['model']} {elements}")
+    lmp.commands_list([
+        "compute pe_atom all pe/atom",
+        "compute virial_atom all stress/atom NULL virial",
+        "compute virial all pressure NULL virial",
+        "thermo_style custom step pe ke etotal c_virial[*]",
+        "thermo_modify norm no",
+    ])
+    if spec.get("ensemble"):
+        lmp.command("fix sigma all pair 1 mlip forces_uncertainty 0")
+
+
+def _gather(lmp, name: str, count: int) -> np.ndarray:
+    values = lmp.gather_concat(name, 1, count)
+    return np.ctypeslib.as_array(values, shape=(lmp.get_natoms() * count,)).reshape(-1, count).copy()
+
+
+def _results(lmp, spec: dict) -> dict:
+    ids = np.ctypeslib.as_array(lmp.gather_concat("id", 0, 1), shape=(lmp.get_natoms(),)).copy()
+    order = np.argsort(ids)
+    nktv2p = lmp.extract_global("nktv2p")
+    volume = lmp.get_thermo("vol")
+    results = {
+        "ids": ids[order],
+        "energy": lmp.get_thermo("pe"),
+        # compute pressure (bar) = W / (V · nktv2p); stress/atom (bar·Å³) = −w_i / nktv2p
+        "virial": np.ctypeslib.as_array(lmp.extract_compute("virial", 0, 1), shape=(6,)) * volume / nktv2p,
+        "forces": _gather(lmp, "f", 3)[order],
+        "atom_energies": _gather(lmp, "c_pe_atom", 1)[order, 0],
+        "atom_virials": -_gather(lmp, "c_virial_atom", 6)[order] / nktv2p,
+    }
+    if spec.get("ensemble"):
+        results["forces_uncertainty"] = _gather(lmp, "f_sigma", 1)[order, 0]
+    return results
+
+
+def _nve(lmp, nve: dict) -> np.ndarray:
+    """Total energy (eV) every ``every`` steps of a velocity-Verlet run."""
+    lmp.commands_list([
+        f"velocity all create {nve['temperature']} 4928459 mom yes rot yes dist gaussian",
+        f"timestep {nve['timestep_fs'] / 1000.0}",
+        "fix integrate all nve",
+        f"thermo {nve['every']}",
+    ])
+    energies = []
+    for _ in range(nve["steps"] // nve["every"] + 1):
+        lmp.command("run 0 post no" if not energies else f"run {nve['every']} post no")
+        energies.append(lmp.get_thermo("etotal"))
+    return np.array(energies)
+
+
+def main(spec_path: str) -> None:
+    with open(spec_path) as handle:
+        spec = json.load(handle)
+    lmp = start_lammps(["-log", "none", "-screen", "none", "-nocite"])
+    _setup(lmp, spec)
+    lmp.command("run 0 post no")
+    results = _results(lmp, spec)
+    if "nve" in spec:
+        results["nve_energies"] = _nve(lmp, spec["nve"])
+    if lmp.extract_setting("world_rank") == 0:
+        np.savez(spec["out"], **results)
+    lmp.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
