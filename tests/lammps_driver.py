@@ -93,19 +93,20 @@ def _results(lmp, spec: dict) -> dict:
     return results
 
 
-def _nve(lmp, nve: dict) -> np.ndarray:
-    """Total energy (eV) every ``every`` steps of a velocity-Verlet run."""
+def _nve(lmp, nve: dict) -> tuple:
+    """Total energy (eV) and temperature (K) every ``every`` steps of a velocity-Verlet run."""
     lmp.commands_list([
         f"velocity all create {nve['temperature']} 4928459 mom yes rot yes dist gaussian",
         f"timestep {nve['timestep_fs'] / 1000.0}",
         "fix integrate all nve",
         f"thermo {nve['every']}",
     ])
-    energies = []
+    energies, temperatures = [], []
     for _ in range(nve["steps"] // nve["every"] + 1):
         lmp.command("run 0 post no" if not energies else f"run {nve['every']} post no")
         energies.append(lmp.get_thermo("etotal"))
-    return np.array(energies)
+        temperatures.append(lmp.get_thermo("temp"))
+    return np.array(energies), np.array(temperatures)
 
 
 def main(spec_path: str) -> None:
@@ -116,7 +117,7 @@ def main(spec_path: str) -> None:
     lmp.command("run 0 post no")
     results = _results(lmp, spec)
     if "nve" in spec:
-        results["nve_energies"] = _nve(lmp, spec["nve"])
+        results["nve_energies"], results["nve_temperatures"] = _nve(lmp, spec["nve"])
     if lmp.extract_setting("world_rank") == 0:
         np.savez(spec["out"], **results)
     lmp.close()

