@@ -161,9 +161,10 @@ void PairMLIP::grow_peratom()
   memory->create(member_forces, nmax_peratom, columns, "pair:member_forces");
 }
 
-/* one rank: every ghost atom is a periodic image of an owned atom */
+/* owner[a]: the owned atom that atom a is (a itself) or is a periodic image of;
+   -1 for ghosts of atoms owned by other ranks. On one rank every ghost has one. */
 
-void PairMLIP::map_ghosts_to_owners()
+void PairMLIP::find_owners()
 {
   int nlocal = atom->nlocal;
   int nall = nlocal + atom->nghost;
@@ -172,7 +173,11 @@ void PairMLIP::map_ghosts_to_owners()
   for (int i = 0; i < nlocal; i++) owner[i] = i;
   if (nall == nlocal) return;
   if (atom->map_style != Atom::MAP_NONE) {
-    for (int j = nlocal; j < nall; j++) owner[j] = atom->map(tag[j]);
+    // the map prefers owned atoms, so a tag owned here maps below nlocal
+    for (int j = nlocal; j < nall; j++) {
+      int found = atom->map(tag[j]);
+      owner[j] = (found >= 0 && found < nlocal) ? found : -1;
+    }
   } else {
     std::unordered_map<tagint, int> local_of_tag;
     local_of_tag.reserve(nlocal);
@@ -182,91 +187,65 @@ void PairMLIP::map_ghosts_to_owners()
       owner[j] = found == local_of_tag.end() ? -1 : found->second;
     }
   }
-  for (int j = nlocal; j < nall; j++)
-    if (owner[j] < 0 || owner[j] >= nlocal)
-      error->one(FLERR, "pair_style mlip: ghost atom ID {} has no owned atom on this rank", tag[j]);
+  if (!ghost_mode)
+    for (int j = nlocal; j < nall; j++)
+      if (owner[j] < 0) error->one(FLERR, "pair_style mlip: ghost atom ID {} has no owned atom on this rank", tag[j]);
 }
 
-void PairMLIP::build_graph_one_rank()
+/* The model graph. Nodes: the owned atoms, then ghosts of other ranks' atoms
+   within n_interactions hops (edges shorter than the cutoff) of an owned atom.
+   A ghost that is a periodic image of an owned atom is that atom: same
+   environment, same features, so on one rank the model runs on owned atoms
+   only. Only nodes within n_interactions - 1 hops receive messages, so only
+   their edges are kept; ghosts beyond that need no neighbour list. */
+
+void PairMLIP::build_graph()
 {
-  map_ghosts_to_owners();
-  int nlocal = atom->nlocal;
-  int *type = atom->type;
-  double **x = atom->x;
-  double cut2 = model->cutoff * model->cutoff;
-
-  graph = Graph();
-  atom_node.assign(nlocal, -1);
-  for (int i = 0; i < nlocal; i++)
-    if (species_of_type[type[i]] >= 0) {
-      atom_node[i] = static_cast<int>(graph.node_atom.size());
-      graph.node_atom.push_back(i);
-    }
-  graph.n_local_nodes = static_cast<int>(graph.node_atom.size());
-
-  for (int ii = 0; ii < list->inum; ii++) {
-    int i = list->ilist[ii];
-    if (atom_node[i] < 0) continue;
-    int *neighbors = list->firstneigh[i];
-    for (int jj = 0; jj < list->numneigh[i]; jj++) {
-      int j = neighbors[jj] & NEIGHMASK;
-      int o = owner[j];
-      if (atom_node[o] < 0) continue;
-      double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
-      if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cut2) continue;
-      graph.add_edge(atom_node[i], atom_node[o], i, o, d);
-    }
-  }
-}
-
-/* several ranks: the model runs on every atom within n_interactions hops
-   (edges shorter than the cutoff) of an owned atom; only atoms within
-   n_interactions - 1 hops receive messages, so only their edges are kept */
-
-void PairMLIP::build_graph_with_ghosts()
-{
+  find_owners();
   int nlocal = atom->nlocal;
   int nall = nlocal + atom->nghost;
   int *type = atom->type;
   double **x = atom->x;
   double cut2 = model->cutoff * model->cutoff;
   int layers = model->n_interactions;
+  auto in_model = [&](int a) { return species_of_type[type[a]] >= 0; };
+  auto node_atom_of = [&](int a) { return owner[a] >= 0 ? owner[a] : a; };
 
-  // edges within the cutoff of every atom that has a neighbour list, by receiver
-  int n_rows = list->inum + list->gnum;
+  // edges within the cutoff of each receiving atom, as rows of a sparse table
+  int n_rows = list->inum + (ghost_mode ? list->gnum : 0);
   std::vector<int> row_start(n_rows + 1, 0), row_of_atom(nall, -1), neighbor_atom;
   std::vector<double> vectors;
-  for (int ii = 0; ii < n_rows; ii++) {
-    int i = list->ilist[ii];
-    row_of_atom[i] = ii;
-    if (species_of_type[type[i]] >= 0) {
+  for (int row = 0; row < n_rows; row++) {
+    int i = list->ilist[row];
+    row_of_atom[i] = row;
+    if (in_model(i) && node_atom_of(i) == i) {
       int *neighbors = list->firstneigh[i];
       for (int jj = 0; jj < list->numneigh[i]; jj++) {
         int j = neighbors[jj] & NEIGHMASK;
-        if (species_of_type[type[j]] < 0) continue;
+        if (!in_model(j)) continue;
         double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
         if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cut2) continue;
-        neighbor_atom.push_back(j);
+        neighbor_atom.push_back(node_atom_of(j));
         vectors.insert(vectors.end(), d, d + 3);
       }
     }
-    row_start[ii + 1] = static_cast<int>(neighbor_atom.size());
+    row_start[row + 1] = static_cast<int>(neighbor_atom.size());
   }
 
   // breadth-first hops from the owned atoms
   hops.assign(nall, INT_MAX);
   std::vector<int> frontier, next;
   for (int i = 0; i < nlocal; i++)
-    if (species_of_type[type[i]] >= 0) {
+    if (in_model(i)) {
       hops[i] = 0;
       frontier.push_back(i);
     }
-  for (int hop = 0; hop < layers; hop++) {
+  for (int hop = 0; hop < layers && !frontier.empty(); hop++) {
     next.clear();
     for (int i : frontier) {
       int row = row_of_atom[i];
       if (row < 0)
-        error->one(FLERR, "pair_style mlip: atom {} within {} hops has no neighbour list; the ghost shell is too thin",
+        error->one(FLERR, "pair_style mlip: atom ID {} is {} hops from an owned atom but has no neighbour list",
                    atom->tag[i], hop);
       for (int e = row_start[row]; e < row_start[row + 1]; e++) {
         int j = neighbor_atom[e];
@@ -281,11 +260,11 @@ void PairMLIP::build_graph_with_ghosts()
 
   graph = Graph();
   atom_node.assign(nall, -1);
-  for (int i = 0; i < nall; i++) {
-    if (i == nlocal) graph.n_local_nodes = static_cast<int>(graph.node_atom.size());
-    if (hops[i] <= layers) {
-      atom_node[i] = static_cast<int>(graph.node_atom.size());
-      graph.node_atom.push_back(i);
+  for (int a = 0; a < nall; a++) {
+    if (a == nlocal) graph.n_local_nodes = static_cast<int>(graph.node_atom.size());
+    if (hops[a] <= layers) {
+      atom_node[a] = static_cast<int>(graph.node_atom.size());
+      graph.node_atom.push_back(a);
     }
   }
   if (nall == nlocal) graph.n_local_nodes = static_cast<int>(graph.node_atom.size());
@@ -306,10 +285,7 @@ void PairMLIP::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
   grow_peratom();
-  if (ghost_mode)
-    build_graph_with_ghosts();
-  else
-    build_graph_one_rank();
+  build_graph();
 
   int members = model->ensemble_size;
   std::vector<double> node_energies, mean_gradients, member_gradients;

@@ -8,12 +8,13 @@
    ensemble files the per-atom force uncertainty (extract_peratom name
    "forces_uncertainty", e.g. through fix pair). units metal only.
 
-   One MPI rank: ghost atoms are mapped to their owners, so the model runs on
-   the local atoms only. Several ranks: the plugin widens the ghost shell to
+   Ghost atoms that are periodic images of atoms owned by the same rank are
+   mapped to those atoms, so on one MPI rank the model runs on the owned atoms
+   only. On several ranks the plugin also widens the ghost shell to
    n_interactions * cutoff + skin, requests neighbour lists of ghost atoms and
-   runs the model on the atoms within n_interactions hops of the local ones;
-   ghost forces (and per-member forces for the uncertainty) go back to their
-   owners by reverse communication, which needs newton_pair on. */
+   runs the model on the other ranks' atoms within n_interactions hops of the
+   owned ones; their forces (and per-member forces for the uncertainty) go back
+   to the owners by reverse communication, which needs newton_pair on. */
 
 #ifndef LMP_PAIR_MLIP_H
 #define LMP_PAIR_MLIP_H
@@ -71,18 +72,17 @@ class PairMLIP : public Pair {
   int n_threads = 1;                   // torch intra-op threads per rank
   bool ghost_mode = false;             // several ranks: evaluate on ghosts too
   Graph graph;
-  std::vector<int> owner;              // [nall] owned atom of each atom (one-rank mode)
+  std::vector<int> owner;              // [nall] owned atom each atom is an image of, or -1
   std::vector<int> atom_node;          // [nall] node of each atom, -1 if none
-  std::vector<int> hops;               // [nall] hops from the nearest owned atom (ghost mode)
+  std::vector<int> hops;               // [nall] hops from the nearest owned atom
   int nmax_peratom = 0;                // allocated rows of the per-atom arrays below
   double *forces_uncertainty = nullptr;  // [nmax] eV/Angstrom
   double **member_forces = nullptr;      // [nmax][3M] forces of each ensemble member
 
   void allocate();
   void grow_peratom();
-  void map_ghosts_to_owners();
-  void build_graph_one_rank();
-  void build_graph_with_ghosts();
+  void find_owners();
+  void build_graph();
   void evaluate(std::vector<double> &node_energies, std::vector<double> &mean_gradients,
                 std::vector<double> &member_gradients);
   void tally(const std::vector<double> &node_energies, const std::vector<double> &gradients);

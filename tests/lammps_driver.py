@@ -18,6 +18,7 @@ import json
 import sys
 
 import numpy as np
+from mpi4py import MPI
 
 from mlip_md.lammps import start_lammps
 
@@ -87,6 +88,7 @@ def _results(lmp, spec: dict) -> dict:
         "forces": _gather(lmp, "f", 3)[order],
         "atom_energies": _gather(lmp, "c_pe_atom", 1)[order, 0],
         "atom_virials": -_gather(lmp, "c_virial_atom", 6)[order] / nktv2p,
+        "atoms_per_rank": np.array(MPI.COMM_WORLD.allgather(lmp.extract_global("nlocal"))),
     }
     if spec.get("ensemble"):
         results["forces_uncertainty"] = _gather(lmp, "f_sigma", 1)[order, 0]

