@@ -15,20 +15,16 @@ import numpy as np
 from ase.build import bulk
 
 import mlip_md
-from mlip_md.lammps import start_lammps
+from mlip_md.lammps import create_atoms_from_ase, start_lammps
 
 
 def lammps_results(model: str, atoms) -> dict:
     """Energy (eV), forces (eV/Å, by atom ID) and stress (eV/Å³, ASE order and sign) from LAMMPS."""
     lmp = start_lammps(["-log", "none", "-screen", "none", "-nocite"])
-    a, b, c = np.diag(atoms.cell[:])  # an orthogonal cell keeps the frames identical
-    lmp.commands_list([
-        "units metal", "atom_style atomic", "atom_modify map array",
-        f"region box block 0 {a} 0 {b} 0 {c}", "create_box 1 box", "mass 1 26.9815",
-    ])
+    lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array"])
+    create_atoms_from_ase(lmp, atoms, ["Al"])  # a cubic cell is already in LAMMPS's orientation
     n = len(atoms)
-    lmp.create_atoms(n, list(range(1, n + 1)), [1] * n, atoms.positions.reshape(-1).tolist())
-    lmp.commands_list([f"pair_style mlip", f"pair_coeff * * {model} Al",
+    lmp.commands_list(["pair_style mlip", f"pair_coeff * * {model} Al",
                        "thermo_style custom step pe pxx pyy pzz pyz pxz pxy", "run 0"])
     forces = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3), shape=(3 * n,)).reshape(n, 3).copy()
     bar_to_ev_per_a3 = 1.0 / lmp.extract_global("nktv2p")

@@ -161,121 +161,58 @@ void PairMLIP::grow_peratom()
   memory->create(member_forces, nmax_peratom, columns, "pair:member_forces");
 }
 
-/* owner[a]: the owned atom that atom a is (a itself) or is a periodic image of;
-   -1 for ghosts of atoms owned by other ranks. On one rank every ghost has one. */
-
-void PairMLIP::find_owners()
-{
-  int nlocal = atom->nlocal;
-  int nall = nlocal + atom->nghost;
-  tagint *tag = atom->tag;
-  owner.resize(nall);
-  for (int i = 0; i < nlocal; i++) owner[i] = i;
-  if (nall == nlocal) return;
-  if (atom->map_style != Atom::MAP_NONE) {
-    // the map prefers owned atoms, so a tag owned here maps below nlocal
-    for (int j = nlocal; j < nall; j++) {
-      int found = atom->map(tag[j]);
-      owner[j] = (found >= 0 && found < nlocal) ? found : -1;
-    }
-  } else {
-    std::unordered_map<tagint, int> local_of_tag;
-    local_of_tag.reserve(nlocal);
-    for (int i = 0; i < nlocal; i++) local_of_tag[tag[i]] = i;
-    for (int j = nlocal; j < nall; j++) {
-      auto found = local_of_tag.find(tag[j]);
-      owner[j] = found == local_of_tag.end() ? -1 : found->second;
-    }
-  }
-  if (!ghost_mode)
-    for (int j = nlocal; j < nall; j++)
-      if (owner[j] < 0) error->one(FLERR, "pair_style mlip: ghost atom ID {} has no owned atom on this rank", tag[j]);
-}
-
-/* The model graph. Nodes: the owned atoms, then ghosts of other ranks' atoms
-   within n_interactions hops (edges shorter than the cutoff) of an owned atom.
-   A ghost that is a periodic image of an owned atom is that atom: same
-   environment, same features, so on one rank the model runs on owned atoms
-   only. Only nodes within n_interactions - 1 hops receive messages, so only
-   their edges are kept; ghosts beyond that need no neighbour list. */
+/* The model graph, built by breadth-first search from the owned atoms over
+   edges shorter than the cutoff. A node is an atom ID (tag): the first copy of
+   an atom that the search reaches stands for all its copies (periodic images
+   have the same environment, hence the same features), so on one rank the
+   model runs on the owned atoms only, and on several ranks on the owned atoms
+   plus each other-rank atom within n_interactions hops, once. Nodes within
+   n_interactions - 1 hops receive messages and get edges; a node first
+   reached at hop h lies within h cutoffs of an owned atom, so its neighbour
+   list is complete when the ghost shell is n_interactions * cutoff thick. */
 
 void PairMLIP::build_graph()
 {
-  find_owners();
   int nlocal = atom->nlocal;
   int nall = nlocal + atom->nghost;
   int *type = atom->type;
+  tagint *tag = atom->tag;
   double **x = atom->x;
   double cut2 = model->cutoff * model->cutoff;
-  int layers = model->n_interactions;
   auto in_model = [&](int a) { return species_of_type[type[a]] >= 0; };
-  auto node_atom_of = [&](int a) { return owner[a] >= 0 ? owner[a] : a; };
 
-  // edges within the cutoff of each receiving atom, as rows of a sparse table
+  row_of_atom.assign(nall, -1);
   int n_rows = list->inum + (ghost_mode ? list->gnum : 0);
-  std::vector<int> row_start(n_rows + 1, 0), row_of_atom(nall, -1), neighbor_atom;
-  std::vector<double> vectors;
-  for (int row = 0; row < n_rows; row++) {
-    int i = list->ilist[row];
-    row_of_atom[i] = row;
-    if (in_model(i) && node_atom_of(i) == i) {
+  for (int row = 0; row < n_rows; row++) row_of_atom[list->ilist[row]] = row;
+  node_of_tag.reset(tag, nall);
+
+  graph = Graph();
+  for (int i = 0; i < nlocal; i++)
+    if (in_model(i)) graph.add_node(i, node_of_tag.slot(tag[i]));
+  graph.n_local_nodes = graph.n_nodes();
+
+  int begin = 0, end = graph.n_local_nodes;    // the nodes first reached at this hop
+  for (int hop = 0; hop < model->n_interactions; hop++) {
+    for (int node = begin; node < end; node++) {
+      int i = graph.node_atom[node];
+      if (row_of_atom[i] < 0)
+        error->one(FLERR, "pair_style mlip: atom ID {} is {} hops from an owned atom but has no neighbour list",
+                   tag[i], hop);
       int *neighbors = list->firstneigh[i];
       for (int jj = 0; jj < list->numneigh[i]; jj++) {
         int j = neighbors[jj] & NEIGHMASK;
         if (!in_model(j)) continue;
         double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
         if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cut2) continue;
-        neighbor_atom.push_back(node_atom_of(j));
-        vectors.insert(vectors.end(), d, d + 3);
+        int &target = node_of_tag.slot(tag[j]);
+        if (target < 0) graph.add_node(j, target);
+        // owned atoms take their forces directly; ghosts of other ranks' atoms by reverse communication
+        int force_atom = target < graph.n_local_nodes ? graph.node_atom[target] : j;
+        graph.add_edge(node, target, i, force_atom, d);
       }
     }
-    row_start[row + 1] = static_cast<int>(neighbor_atom.size());
-  }
-
-  // breadth-first hops from the owned atoms
-  hops.assign(nall, INT_MAX);
-  std::vector<int> frontier, next;
-  for (int i = 0; i < nlocal; i++)
-    if (in_model(i)) {
-      hops[i] = 0;
-      frontier.push_back(i);
-    }
-  for (int hop = 0; hop < layers && !frontier.empty(); hop++) {
-    next.clear();
-    for (int i : frontier) {
-      int row = row_of_atom[i];
-      if (row < 0)
-        error->one(FLERR, "pair_style mlip: atom ID {} is {} hops from an owned atom but has no neighbour list",
-                   atom->tag[i], hop);
-      for (int e = row_start[row]; e < row_start[row + 1]; e++) {
-        int j = neighbor_atom[e];
-        if (hops[j] == INT_MAX) {
-          hops[j] = hop + 1;
-          next.push_back(j);
-        }
-      }
-    }
-    frontier.swap(next);
-  }
-
-  graph = Graph();
-  atom_node.assign(nall, -1);
-  for (int a = 0; a < nall; a++) {
-    if (a == nlocal) graph.n_local_nodes = static_cast<int>(graph.node_atom.size());
-    if (hops[a] <= layers) {
-      atom_node[a] = static_cast<int>(graph.node_atom.size());
-      graph.node_atom.push_back(a);
-    }
-  }
-  if (nall == nlocal) graph.n_local_nodes = static_cast<int>(graph.node_atom.size());
-  for (int node = 0; node < static_cast<int>(graph.node_atom.size()); node++) {
-    int i = graph.node_atom[node];
-    if (hops[i] >= layers) continue;
-    int row = row_of_atom[i];
-    for (int e = row_start[row]; e < row_start[row + 1]; e++) {
-      int j = neighbor_atom[e];
-      graph.add_edge(node, atom_node[j], i, j, &vectors[3 * e]);
-    }
+    begin = end;
+    end = graph.n_nodes();
   }
 }
 

@@ -8,18 +8,20 @@
    ensemble files the per-atom force uncertainty (extract_peratom name
    "forces_uncertainty", e.g. through fix pair). units metal only.
 
-   Ghost atoms that are periodic images of atoms owned by the same rank are
-   mapped to those atoms, so on one MPI rank the model runs on the owned atoms
-   only. On several ranks the plugin also widens the ghost shell to
-   n_interactions * cutoff + skin, requests neighbour lists of ghost atoms and
-   runs the model on the other ranks' atoms within n_interactions hops of the
-   owned ones; their forces (and per-member forces for the uncertainty) go back
-   to the owners by reverse communication, which needs newton_pair on. */
+   The model sees each atom once, whatever the number of its periodic images
+   among the ghosts: on one MPI rank it runs on the owned atoms only. On
+   several ranks the plugin also widens the ghost shell to n_interactions *
+   cutoff + skin, requests neighbour lists of ghost atoms and adds the other
+   ranks' atoms within n_interactions hops of the owned ones; their forces
+   (and per-member forces for the uncertainty) go back to the owners by
+   reverse communication, which needs newton_pair on. */
 
 #ifndef LMP_PAIR_MLIP_H
 #define LMP_PAIR_MLIP_H
 
 #include "pair.h"
+
+#include "tag_map.h"
 
 #include <cstdint>
 #include <memory>
@@ -56,7 +58,13 @@ class PairMLIP : public Pair {
     std::vector<int> edge_atom_i;      // [E] atom that gets +g_e
     std::vector<int> edge_atom_j;      // [E] atom that gets -g_e
     std::vector<double> edge_vectors;  // [E * 3] r_ij = x_j - x_i, Angstrom
+    int n_nodes() const { return static_cast<int>(node_atom.size()); }
     int n_edges() const { return static_cast<int>(edge_i.size()); }
+    void add_node(int atom_index, int &node)
+    {
+      node = n_nodes();
+      node_atom.push_back(atom_index);
+    }
     void add_edge(int node_i, int node_j, int atom_i, int atom_j, const double *vector)
     {
       edge_i.push_back(node_i);
@@ -72,16 +80,14 @@ class PairMLIP : public Pair {
   int n_threads = 1;                   // torch intra-op threads per rank
   bool ghost_mode = false;             // several ranks: evaluate on ghosts too
   Graph graph;
-  std::vector<int> owner;              // [nall] owned atom each atom is an image of, or -1
-  std::vector<int> atom_node;          // [nall] node of each atom, -1 if none
-  std::vector<int> hops;               // [nall] hops from the nearest owned atom
+  std::vector<int> row_of_atom;        // [nall] neighbour-list row of each atom, -1 if none
+  mlip::TagMap node_of_tag;            // graph node of each atom ID, -1 if none
   int nmax_peratom = 0;                // allocated rows of the per-atom arrays below
   double *forces_uncertainty = nullptr;  // [nmax] eV/Angstrom
   double **member_forces = nullptr;      // [nmax][3M] forces of each ensemble member
 
   void allocate();
   void grow_peratom();
-  void find_owners();
   void build_graph();
   void evaluate(std::vector<double> &node_energies, std::vector<double> &mean_gradients,
                 std::vector<double> &member_gradients);

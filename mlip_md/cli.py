@@ -18,7 +18,7 @@ from mlip_md.md import EnergyRecord, run_nve
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The main job on built-in defaults: EMT Al data -> trained HIP-NN -> exported file -> ASE NVE MD."""
+    """The main job on built-in defaults: EMT Al data -> trained HIP-NN -> exported file -> ASE and LAMMPS MD."""
     import torch
     from ase.calculators.emt import EMT
 
@@ -56,7 +56,37 @@ def _demo(args: argparse.Namespace) -> int:
     model_energy = atoms.get_potential_energy() / len(atoms)
     atoms.calc = EMT()
     print(f"final frame: model {model_energy:.4f} eV/atom, EMT {atoms.get_potential_energy() / len(atoms):.4f} eV/atom")
+    if not args.no_lammps:
+        _demo_lammps(summary["model"], atoms, args)
     return 0
+
+
+def _demo_lammps(model: str, atoms, args: argparse.Namespace) -> None:
+    """Demo step 5: the same model file in LAMMPS (pair_style mlip): ASE vs LAMMPS, then LAMMPS NVE."""
+    from mlip_md.lammps import create_atoms_from_ase, start_lammps
+
+    atoms = atoms.copy()
+    atoms.wrap()
+    atoms.calc = MLIPCalculator(model)
+    ase_energy = atoms.get_potential_energy()
+    lmp = start_lammps(["-log", "none", "-screen", "none", "-nocite"])
+    lmp.commands_list(["units metal", "atom_style atomic"])
+    create_atoms_from_ase(lmp, atoms, ["Al"])
+    lmp.commands_list(["pair_style mlip", f"pair_coeff * * {model} Al", "thermo_modify norm yes", "run 0"])
+    lammps_energy = lmp.get_thermo("pe") * len(atoms)
+    print(f"5. LAMMPS (pair_style mlip, same file, same frame): energy {lammps_energy:.8f} eV, "
+          f"ASE {ase_energy:.8f} eV, difference {abs(lammps_energy - ase_energy):.1e} eV")
+    lmp.commands_list([f"velocity all create {args.temperature} {args.seed + 1} mom yes rot yes dist gaussian",
+                       "fix integrate all nve", f"timestep {args.timestep / 1000.0}"])
+    print(f"   LAMMPS NVE, {len(atoms)} atoms, {args.steps} steps from {args.temperature} K")
+    print(f"   {'':6} {'step':>6} {'Etot/eV/atom':>14} {'T/K':>8}")
+    totals = []
+    for step in range(0, args.steps + 1, args.log_interval):
+        lmp.command("run 0 post no" if step == 0 else f"run {args.log_interval} pre no post no")
+        totals.append(lmp.get_thermo("etotal"))
+        print(f"   LAMMPS {step:6d} {totals[-1]:14.6f} {lmp.get_thermo('temp'):8.1f}")
+    print(f"   LAMMPS total-energy drift: {totals[-1] - totals[0]:+.2e} eV/atom")
+    lmp.close()
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -111,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlip_md {mlip_md.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="EMT Al data -> train HIP-NN -> export -> ASE NVE MD (the main job)")
+    demo = commands.add_parser(
+        "demo", help="EMT Al data -> train HIP-NN -> export -> ASE NVE MD -> LAMMPS NVE (the main job)")
     demo.add_argument("--configs", type=int, default=80, help="EMT structures to label (default 80)")
     demo.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     demo.add_argument("--out", default="mlip_md_demo", help="output directory (default: mlip_md_demo)")
@@ -124,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     demo.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-lammps", action="store_true", help="skip step 5, the LAMMPS run")
     demo.set_defaults(handler=_demo)
 
     generate = commands.add_parser("generate", help="make an example labelled data set with a reference calculator")

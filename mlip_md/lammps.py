@@ -216,3 +216,43 @@ def start_lammps(args: Iterable[str] = ("-log", "none", "-nocite"), comm=None, p
     if not lmp.has_style("pair", "mlip"):
         lmp.command(f"plugin load {plugin or build_plugin()}")
     return lmp
+
+
+def create_atoms_from_ase(lmp, atoms, elements, types: Optional[Iterable[int]] = None,
+                          ids: Optional[Iterable[int]] = None) -> None:
+    """Creates the box and atoms of an ASE ``Atoms`` in a LAMMPS instance that uses ``units metal``.
+
+    Args:
+        lmp: a ``lammps.lammps`` instance before ``create_box`` (e.g. from :func:`start_lammps`).
+        atoms: the structure. Its cell must be in LAMMPS's orientation (a along x,
+            b in the xy plane: a lower-triangular matrix); periodic directions
+            become ``p`` boundaries, the others ``f`` (atoms must lie inside the cell).
+        elements: element symbol (or ``"NULL"``) of each atom type, as in ``pair_coeff``.
+        types: 1-based atom type of each atom (default: from the chemical symbols).
+        ids: atom IDs (default 1..N).
+    """
+    import numpy as np
+    from ase.data import atomic_masses, atomic_numbers
+
+    cell = atoms.cell[:]
+    if abs(cell[0, 1]) + abs(cell[0, 2]) + abs(cell[1, 2]) > 1e-10 or min(np.diag(cell)) <= 0:
+        raise ValueError("the cell must be lower-triangular with a positive diagonal (LAMMPS's orientation); "
+                         "rotate the structure first, e.g. with ase.calculators.lammps.Prism")
+    if types is None:
+        symbols = atoms.get_chemical_symbols()
+        unknown = sorted(set(symbols) - set(elements))
+        if unknown:
+            raise ValueError(f"elements {unknown} of the structure are not among the atom types {list(elements)}")
+        types = [list(elements).index(symbol) + 1 for symbol in symbols]
+    boundary = " ".join("p" if periodic else "f" for periodic in atoms.pbc)
+    (ax, _, _), (bx, by, _), (cx, cy, cz) = cell
+    lmp.commands_list([
+        f"boundary {boundary}",
+        f"region mlip_md_box prism 0 {ax:.17g} 0 {by:.17g} 0 {cz:.17g} {bx:.17g} {cx:.17g} {cy:.17g}",
+        f"create_box {len(elements)} mlip_md_box",
+    ] + [
+        f"mass {t} {atomic_masses[atomic_numbers[e]] if e in atomic_numbers else 1.0}"
+        for t, e in enumerate(elements, start=1)
+    ])
+    ids = list(ids) if ids is not None else list(range(1, len(atoms) + 1))
+    lmp.create_atoms(len(atoms), ids, [int(t) for t in types], atoms.positions.reshape(-1).tolist())

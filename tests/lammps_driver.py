@@ -3,7 +3,7 @@
     mpiexec -n RANKS python tests/lammps_driver.py SPEC.json
 
 SPEC (JSON) keys: model, elements (element or NULL per atom type), cell
-(lower-triangular 3×3, Å), origin, boundary (e.g. "p p p"), positions (Å),
+(lower-triangular 3×3, Å), boundary (e.g. "p p p", "s s s"), positions (Å),
 types (1-based), ids, optional: processors, newton ("on"/"off"), hybrid
 (bool: overlay with pair_style zero), delete_ids, ensemble (bool), nve
 ({"steps", "timestep_fs", "temperature", "every"}), pair_options, out (.npz).
@@ -20,33 +20,20 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from mlip_md.lammps import start_lammps
+from ase import Atoms
+
+from mlip_md.lammps import create_atoms_from_ase, start_lammps
 
 
 def _setup(lmp, spec: dict) -> None:
-    cell = np.asarray(spec["cell"], dtype=float)
-    origin = np.asarray(spec.get("origin", [0.0, 0.0, 0.0]), dtype=float)
-    lmp.commands_list([
-        "units metal",
-        "atom_style atomic",
-        "atom_modify map array sort 0 0",
-        f"boundary {spec['boundary']}",
-        f"newton {spec.get('newton', 'on')}",
-    ])
+    lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array sort 0 0",
+                       f"newton {spec.get('newton', 'on')}"])
     if "processors" in spec:
         lmp.command(f"processors {spec['processors']}")
-    (ax, _, _), (bx, by, _), (cx, cy, cz) = cell
-    hi = origin + [ax, by, cz]
-    lmp.command(
-        f"region box prism {origin[0]:.17g} {hi[0]:.17g} {origin[1]:.17g} {hi[1]:.17g} "
-        f"{origin[2]:.17g} {hi[2]:.17g} {bx:.17g} {cx:.17g} {cy:.17g}"
-    )
-    n_types = len(spec["elements"])
-    lmp.command(f"create_box {n_types} box")
-    for t in range(1, n_types + 1):
-        lmp.command(f"mass {t} 26.98")
-    positions = np.asarray(spec["positions"], dtype=float)
-    lmp.create_atoms(len(positions), spec["ids"], spec["types"], positions.reshape(-1).tolist())
+    atoms = Atoms(positions=spec["positions"], cell=spec["cell"], pbc=[b == "p" for b in spec["boundary"].split()])
+    create_atoms_from_ase(lmp, atoms, spec["elements"], types=spec["types"], ids=spec["ids"])
+    if spec["boundary"] != " ".join("p" if p else "f" for p in atoms.pbc):
+        lmp.command(f"change_box all boundary {spec['boundary']}")
     if spec.get("delete_ids"):
         lmp.command(f"group gone id {' '.join(map(str, spec['delete_ids']))}")
         lmp.command("delete_atoms group gone compress no")

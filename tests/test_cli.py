@@ -22,6 +22,12 @@ def test_demo_trains_exports_and_runs_md(tmp_path, capsys):
     rows = [line.split() for line in output.splitlines() if line.strip().split(" ")[0].isdigit()]
     assert [row[0] for row in rows] == ["0", "10", "20"]
     assert "total-energy drift" in output
+    # step 5: the same file in LAMMPS agrees with ASE on the final frame, then runs NVE
+    difference = float(output.split("5. LAMMPS")[1].split("difference ")[1].split()[0])
+    assert difference < 1e-6
+    lammps_rows = [line.split() for line in output.splitlines() if line.strip().startswith("LAMMPS ")]
+    assert [row[1] for row in lammps_rows if row[1].isdigit()] == ["0", "10", "20"]
+    assert "LAMMPS total-energy drift" in output
 
 
 def test_info_prints_metadata(tmp_path, capsys, model_file):

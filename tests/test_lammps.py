@@ -310,3 +310,42 @@ def test_cli_prints_the_cached_plugin_path(plugin):
     result = subprocess.run([str(BIN / "mlip-md"), "lammps-plugin"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == plugin and plugin.is_file()
+
+
+# ---------------------------------------------------------------- input decks
+
+INPUTS = Path(__file__).resolve().parent.parent / "inputs"
+
+
+@pytest.fixture(scope="module")
+def aluminium_models(tmp_path_factory) -> dict:
+    directory = tmp_path_factory.mktemp("decks")
+    stable = dict(species=("Al",), readout_scale=0.05, repulsive=True)
+    return {
+        "single": mlip_md.export(make_model(**stable), directory / "al.pt"),
+        "ensemble": mlip_md.export([make_model(seed=s, **stable) for s in (1, 2)], directory / "al_ensemble.pt"),
+    }
+
+
+@pytest.mark.parametrize("deck", ["lammps_al_nvt_ramp.in", "lammps_al_nve.in", "lammps_al_npt.in",
+                                  "lammps_al_minimize.in"])
+def test_input_decks_run(tmp_path, plugin, aluminium_models, deck):
+    command = [str(BIN / "lmp"), "-in", str(INPUTS / deck), "-log", "none", "-var", "model",
+               aluminium_models["single"], "-var", "steps", "20", "-var", "cells", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "Total wall time" in result.stdout
+    if deck == "lammps_al_minimize.in":
+        fmax = float(result.stdout.split("fmax = ")[1].split()[0])
+        assert fmax < 1e-2
+
+
+def test_uncertainty_deck_halts_and_dumps_the_frame(tmp_path, plugin, aluminium_models):
+    command = [str(BIN / "lmp"), "-in", str(INPUTS / "lammps_al_uncertainty_halt.in"), "-log", "none",
+               "-var", "model", aluminium_models["ensemble"], "-var", "cells", "2", "-var", "threshold", "1e-9"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "stopped at step 10 with max force uncertainty" in result.stdout
+    dump = (tmp_path / "uncertain_frame.dump").read_text().splitlines()
+    sigma = np.array([float(line.split()[-1]) for line in dump[9:]])
+    assert len(sigma) == 32 and sigma.max() > 1e-9
