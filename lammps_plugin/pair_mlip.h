@@ -1,7 +1,7 @@
 /* pair_style mlip: an exported mlip_md model (HIP-NN, TorchScript) in LAMMPS.
 
    Input deck:
-     pair_style mlip [threads N]
+     pair_style mlip [threads N] [keep_freed_memory yes|no]
      pair_coeff * * model.pt El1 El2 ...     (one element or NULL per atom type)
 
    Serves energy, forces, global and per-atom virial, per-atom energy, and for
@@ -78,6 +78,7 @@ class PairMLIP : public Pair {
   std::unique_ptr<mlip::ExportedModel> model;
   std::vector<int> species_of_type;    // [ntypes + 1] species index, -1 for NULL
   int n_threads = 1;                   // torch intra-op threads per rank
+  bool keep_freed_memory = true;       // glibc: reuse freed heap memory (see init_style)
   bool ghost_mode = false;             // several ranks: evaluate on ghosts too
   Graph graph;
   std::vector<int> row_of_atom;        // [nall] neighbour-list row of each atom, -1 if none

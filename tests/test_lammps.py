@@ -141,7 +141,8 @@ def molecule_cluster(n_atoms=20, seed=5) -> Atoms:
 @pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_triclinic_periodic_cell_matches_ase(tmp_path, plugin, model_file, ranks):
     atoms = two_element_cell()
-    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks)
+    options = "threads 1 keep_freed_memory no" if ranks == 4 else ""
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, pair_options=options)
     ref = reference(atoms, model_file)
     stress_lmp = -lmp["virial"] / atoms.get_volume()
     stress_ref = -ref["virial"] / atoms.get_volume()
@@ -279,6 +280,8 @@ def wrong_version_file(tmp_path: Path, model_file: str) -> str:
         ("not a model", "is not a readable TorchScript model file"),
         ("units real", "requires 'units metal'"),
         ("unknown option", "unknown option 'fast'"),
+        ("option without value", "option 'threads' needs a value"),
+        ("bad thread count", "threads must be >= 1"),
     ],
 )
 def test_bad_input_ends_in_a_lammps_error(tmp_path, plugin, model_file, case, message):
@@ -292,6 +295,8 @@ def test_bad_input_ends_in_a_lammps_error(tmp_path, plugin, model_file, case, me
         "not a model": f"pair_style mlip\npair_coeff * * {not_a_model} Al Cu",
         "units real": f"pair_style mlip\npair_coeff * * {model_file} Al Cu",
         "unknown option": "pair_style mlip fast",
+        "option without value": "pair_style mlip threads",
+        "bad thread count": "pair_style mlip threads 0",
     }[case]
     result = run_lmp(tmp_path, lmp_deck(tmp_path, pair, units="real" if case == "units real" else "metal"))
     output = result.stdout + result.stderr
