@@ -202,7 +202,7 @@ void PairMLIP::build_graph()
   for (int row = 0; row < n_rows; row++) row_of_atom[list->ilist[row]] = row;
   node_of_tag.reset(tag, nall);
 
-  graph = Graph();
+  graph.clear();
   for (int i = 0; i < nlocal; i++)
     if (in_model(i)) graph.add_node(i, node_of_tag.slot(tag[i]));
   graph.n_local_nodes = graph.n_nodes();
@@ -240,26 +240,25 @@ void PairMLIP::compute(int eflag, int vflag)
   grow_peratom();
   build_graph();
 
-  int members = model->ensemble_size;
-  std::vector<double> node_energies, mean_gradients, member_gradients;
+  Evaluation result;
   if (graph.n_local_nodes > 0) {
     try {
-      evaluate(node_energies, mean_gradients, member_gradients);
+      result = evaluate();
     } catch (const std::exception &problem) {
       error->one(FLERR, "pair_style mlip: model evaluation failed: {}", problem.what());
     }
+    tally(result);
   }
-  tally(node_energies, mean_gradients);
-  if (members > 1) tally_members(member_gradients);
+  if (model->ensemble_size > 1) tally_members(result);
 }
 
-/* runs the model on the graph: mean per-atom energies of the local nodes [n_local],
-   mean edge gradients [E*3], and for ensembles each member's gradients [M*E*3] */
+/* Runs the model on the graph. Returns float64 CPU tensors: the mean per-atom
+   energies of the owned nodes [n_local], the mean edge gradients dE/dr_e
+   [E, 3] and, for ensembles, each member's edge gradients [M, E, 3]. */
 
-void PairMLIP::evaluate(std::vector<double> &node_energies, std::vector<double> &mean_gradients,
-                        std::vector<double> &member_gradients)
+PairMLIP::Evaluation PairMLIP::evaluate()
 {
-  int n_nodes = static_cast<int>(graph.node_atom.size());
+  int n_nodes = graph.n_nodes();
   int n_edges = graph.n_edges();
   int members = model->ensemble_size;
   int *type = atom->type;
@@ -268,11 +267,11 @@ void PairMLIP::evaluate(std::vector<double> &node_energies, std::vector<double> 
   auto species_data = species.data_ptr<int64_t>();
   for (int n = 0; n < n_nodes; n++) species_data[n] = species_of_type[type[graph.node_atom[n]]];
   torch::Tensor edge_index = torch::empty({2, n_edges}, torch::kInt64);
-  auto index_data = edge_index.data_ptr<int64_t>();
-  std::copy(graph.edge_i.begin(), graph.edge_i.end(), index_data);
-  std::copy(graph.edge_j.begin(), graph.edge_j.end(), index_data + n_edges);
+  std::copy(graph.edge_i.begin(), graph.edge_i.end(), edge_index.data_ptr<int64_t>());
+  std::copy(graph.edge_j.begin(), graph.edge_j.end(), edge_index.data_ptr<int64_t>() + n_edges);
+  // graph.edge_vectors outlives this call: float64 models read it in place
   torch::Tensor vectors = torch::from_blob(graph.edge_vectors.data(), {n_edges, 3}, torch::kFloat64)
-                              .to(model->dtype, false, true)
+                              .to(model->dtype)
                               .requires_grad_(true);
 
   torch::Tensor energies;
@@ -282,43 +281,41 @@ void PairMLIP::evaluate(std::vector<double> &node_energies, std::vector<double> 
     energies = model->module.forward({species, edge_index, vectors}).toTensor();
   }
   if (energies.dim() != 2 || energies.size(0) != members || energies.size(1) != n_nodes)
-    throw std::runtime_error("model returned a tensor of shape " + std::to_string(energies.dim()) +
-                             "-d, expected [" + std::to_string(members) + ", " + std::to_string(n_nodes) + "]");
+    throw std::runtime_error("model output has shape " + std::to_string(energies.dim()) + "-d, expected [" +
+                             std::to_string(members) + ", " + std::to_string(n_nodes) + "]");
   torch::Tensor local = energies.narrow(1, 0, graph.n_local_nodes);
   torch::Tensor totals = local.sum(1);    // [M]
-  torch::Tensor mean_local = local.detach().mean(0).to(torch::kFloat64).contiguous();
-  node_energies.assign(mean_local.data_ptr<double>(), mean_local.data_ptr<double>() + graph.n_local_nodes);
 
+  Evaluation result;
+  result.node_energies = local.detach().mean(0).to(torch::kFloat64).contiguous();
   auto gradient_of = [&](const torch::Tensor &output, bool keep_graph) {
-    auto gradient = torch::autograd::grad({output}, {vectors}, {}, keep_graph, false, true)[0];
+    torch::Tensor gradient = torch::autograd::grad({output}, {vectors}, {}, keep_graph, false, true)[0];
     if (!gradient.defined()) gradient = torch::zeros({n_edges, 3}, torch::kFloat64);
     return gradient.to(torch::kFloat64).contiguous();
   };
   if (members == 1) {
-    torch::Tensor gradient = gradient_of(totals.sum(), false);
-    mean_gradients.assign(gradient.data_ptr<double>(), gradient.data_ptr<double>() + 3 * n_edges);
-    return;
+    result.gradients = gradient_of(totals.sum(), false);
+  } else {
+    std::vector<torch::Tensor> per_member;
+    for (int m = 0; m < members; m++) per_member.push_back(gradient_of(totals[m], m + 1 < members));
+    result.member_gradients = torch::stack(per_member);
+    result.gradients = result.member_gradients.mean(0).contiguous();
   }
-  mean_gradients.assign(3 * n_edges, 0.0);
-  member_gradients.resize(static_cast<size_t>(members) * 3 * n_edges);
-  for (int m = 0; m < members; m++) {
-    torch::Tensor gradient = gradient_of(totals[m], m + 1 < members);
-    const double *g = gradient.data_ptr<double>();
-    std::copy(g, g + 3 * n_edges, member_gradients.begin() + static_cast<size_t>(m) * 3 * n_edges);
-    for (int k = 0; k < 3 * n_edges; k++) mean_gradients[k] += g[k] / members;
-  }
+  return result;
 }
 
 /* energy, forces and virials from the mean model */
 
-void PairMLIP::tally(const std::vector<double> &node_energies, const std::vector<double> &gradients)
+void PairMLIP::tally(const Evaluation &result)
 {
-  for (int n = 0; n < static_cast<int>(node_energies.size()); n++) {
-    if (eflag_global) eng_vdwl += node_energies[n];
-    if (eflag_atom) eatom[graph.node_atom[n]] += node_energies[n];
+  const double *energy = result.node_energies.data_ptr<double>();
+  for (int n = 0; n < graph.n_local_nodes; n++) {
+    if (eflag_global) eng_vdwl += energy[n];
+    if (eflag_atom) eatom[graph.node_atom[n]] += energy[n];
   }
   double **f = atom->f;
-  int n_edges = static_cast<int>(gradients.size() / 3);
+  const double *gradients = result.gradients.data_ptr<double>();
+  int n_edges = graph.n_edges();
   for (int e = 0; e < n_edges; e++) {
     const double *g = &gradients[3 * e];
     const double *r = &graph.edge_vectors[3 * e];
@@ -347,7 +344,7 @@ void PairMLIP::tally(const std::vector<double> &node_energies, const std::vector
 
 /* per-atom force uncertainty sqrt(mean_m |F_i^m - <F_i>|^2) from each member's gradients */
 
-void PairMLIP::tally_members(const std::vector<double> &member_gradients)
+void PairMLIP::tally_members(const Evaluation &result)
 {
   int members = model->ensemble_size;
   int columns = 3 * members;
@@ -356,10 +353,10 @@ void PairMLIP::tally_members(const std::vector<double> &member_gradients)
   for (int i = 0; i < nall; i++)
     for (int c = 0; c < columns; c++) member_forces[i][c] = 0.0;
   int n_edges = graph.n_edges();
-  if (!member_gradients.empty())
+  if (result.member_gradients.defined())
     for (int m = 0; m < members; m++)
       for (int e = 0; e < n_edges; e++) {
-        const double *g = &member_gradients[(static_cast<size_t>(m) * n_edges + e) * 3];
+        const double *g = result.member_gradients.data_ptr<double>() + (static_cast<size_t>(m) * n_edges + e) * 3;
         int i = graph.edge_atom_i[e], j = graph.edge_atom_j[e];
         for (int k = 0; k < 3; k++) {
           member_forces[i][3 * m + k] += g[k];
@@ -410,6 +407,6 @@ double PairMLIP::memory_usage()
   double bytes = Pair::memory_usage();
   bytes += static_cast<double>(nmax_peratom) * sizeof(double);
   if (model) bytes += static_cast<double>(nmax_peratom) * 3 * model->ensemble_size * sizeof(double);
-  bytes += graph.edge_vectors.size() * sizeof(double) * 3;
+  bytes += graph.edge_vectors.capacity() * sizeof(double) * 3;
   return bytes;
 }

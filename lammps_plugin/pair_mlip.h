@@ -23,6 +23,8 @@
 
 #include "tag_map.h"
 
+#include <torch/types.h>
+
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -65,6 +67,16 @@ class PairMLIP : public Pair {
       node = n_nodes();
       node_atom.push_back(atom_index);
     }
+    void clear()    // keeps the capacity for the next step
+    {
+      node_atom.clear();
+      n_local_nodes = 0;
+      edge_i.clear();
+      edge_j.clear();
+      edge_atom_i.clear();
+      edge_atom_j.clear();
+      edge_vectors.clear();
+    }
     void add_edge(int node_i, int node_j, int atom_i, int atom_j, const double *vector)
     {
       edge_i.push_back(node_i);
@@ -90,10 +102,14 @@ class PairMLIP : public Pair {
   void allocate();
   void grow_peratom();
   void build_graph();
-  void evaluate(std::vector<double> &node_energies, std::vector<double> &mean_gradients,
-                std::vector<double> &member_gradients);
-  void tally(const std::vector<double> &node_energies, const std::vector<double> &gradients);
-  void tally_members(const std::vector<double> &member_gradients);
+  struct Evaluation {                  // float64 CPU tensors
+    torch::Tensor node_energies;       // [n_local_nodes] mean per-atom energy, eV
+    torch::Tensor gradients;           // [E, 3] mean dE/dr_e, eV/Angstrom
+    torch::Tensor member_gradients;    // [M, E, 3] per member (ensembles only)
+  };
+  Evaluation evaluate();
+  void tally(const Evaluation &result);
+  void tally_members(const Evaluation &result);
 };
 
 }    // namespace LAMMPS_NS

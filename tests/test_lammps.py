@@ -354,3 +354,13 @@ def test_uncertainty_deck_halts_and_dumps_the_frame(tmp_path, plugin, aluminium_
     dump = (tmp_path / "uncertain_frame.dump").read_text().splitlines()
     sigma = np.array([float(line.split()[-1]) for line in dump[9:]])
     assert len(sigma) == 32 and sigma.max() > 1e-9
+
+
+def test_example_prints_matching_ase_and_lammps_numbers(tmp_path, plugin):
+    script = Path(__file__).resolve().parent.parent / "examples" / "lammps_vs_ase.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line[:24].strip(): line.split() for line in result.stdout.splitlines()}
+    assert float(rows["max |ΔF| (eV/Å)"][-1]) < 1e-6
+    assert float(rows["max |Δσ| (eV/Å³)"][-1]) < 1e-6
+    assert float(rows["energy (eV)"][-1]) < 1e-6
