@@ -6,7 +6,7 @@ SPEC (JSON) keys: model, elements (element or NULL per atom type), cell
 (lower-triangular 3×3, Å), boundary (e.g. "p p p", "s s s"), positions (Å),
 types (1-based), ids, optional: processors, newton ("on"/"off"), hybrid
 (bool: overlay with pair_style zero), delete_ids, ensemble (bool), nve
-({"steps", "timestep_fs", "temperature", "every"}), pair_options, out (.npz).
+({"steps", "timestep_fs", "temperature", "every", "skin"}), pair_options, out (.npz).
 Rank 0 writes energy (eV), virial (6, eV: xx yy zz xy xz yz), forces, per-atom
 energies, per-atom virials (eV) and, for ensembles, per-atom force
 uncertainty, all sorted by atom ID.
@@ -62,6 +62,11 @@ def _gather(lmp, name: str, count: int) -> np.ndarray:
     return np.ctypeslib.as_array(values, shape=(lmp.get_natoms() * count,)).reshape(-1, count).copy()
 
 
+def _id_order(lmp) -> np.ndarray:
+    """The permutation that sorts gathered per-atom arrays by atom ID."""
+    return np.argsort(np.ctypeslib.as_array(lmp.gather_concat("id", 0, 1), shape=(lmp.get_natoms(),)))
+
+
 def _results(lmp, spec: dict) -> dict:
     ids = np.ctypeslib.as_array(lmp.gather_concat("id", 0, 1), shape=(lmp.get_natoms(),)).copy()
     order = np.argsort(ids)
@@ -85,7 +90,8 @@ def _results(lmp, spec: dict) -> dict:
 def _nve(lmp, nve: dict) -> tuple:
     """Total energy (eV) and temperature (K) every ``every`` steps of a velocity-Verlet run."""
     lmp.commands_list([
-        f"velocity all create {nve['temperature']} 4928459 mom yes rot yes dist gaussian",
+        f"neighbor {nve.get('skin', 2.0)} bin",
+        f"velocity all create {nve['temperature']} 4928459 mom yes rot yes dist gaussian loop geom",
         f"timestep {nve['timestep_fs'] / 1000.0}",
         "fix integrate all nve",
         f"thermo {nve['every']}",
@@ -107,6 +113,8 @@ def main(spec_path: str) -> None:
     results = _results(lmp, spec)
     if "nve" in spec:
         results["nve_energies"], results["nve_temperatures"] = _nve(lmp, spec["nve"])
+        results["positions"] = _gather(lmp, "x", 3)[_id_order(lmp)]
+        results["neighbor_builds"] = lmp.get_thermo("nbuild")
     if lmp.extract_setting("world_rank") == 0:
         np.savez(spec["out"], **results)
     lmp.close()

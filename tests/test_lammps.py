@@ -232,6 +232,17 @@ def test_nve_conserves_energy_over_10_ps(tmp_path, plugin):
     assert spread < 1e-4
 
 
+def test_md_trajectory_is_the_same_on_one_and_two_ranks(tmp_path, plugin, model_file):
+    # A thin skin (0.3 Å) makes LAMMPS rebuild its lists and re-exchange ghosts
+    # often: atoms cross the cutoff and move between ranks during the run.
+    atoms = two_element_cell(seed=3)
+    nve = {"steps": 200, "timestep_fs": 1.0, "temperature": 1200.0, "every": 50, "skin": 0.3}
+    one, two = (run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, nve=nve) for ranks in (1, 2))
+    assert one["neighbor_builds"] >= 5
+    np.testing.assert_allclose(two["nve_energies"], one["nve_energies"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(two["positions"], one["positions"], rtol=0, atol=1e-8)
+
+
 # ---------------------------------------------------------------- bad input
 
 
