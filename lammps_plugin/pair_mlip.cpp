@@ -219,7 +219,11 @@ void PairMLIP::build_graph()
         int j = neighbors[jj] & NEIGHMASK;
         if (!in_model(j)) continue;
         double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
-        if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cut2) continue;
+        double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+        if (r2 >= cut2) continue;
+        if (r2 < 1e-16)
+          error->one(FLERR, "pair_style mlip: atoms ID {} and ID {} sit on top of each other (distance {:.2g} A)",
+                     tag[i], tag[j], std::sqrt(r2));
         int &target = node_of_tag.slot(tag[j]);
         if (target < 0) graph.add_node(j, target);
         // owned atoms take their forces directly; ghosts of other ranks' atoms by reverse communication
@@ -309,6 +313,10 @@ PairMLIP::Evaluation PairMLIP::evaluate()
 void PairMLIP::tally(const Evaluation &result)
 {
   const double *energy = result.node_energies.data_ptr<double>();
+  if (!torch::isfinite(result.node_energies).all().item<bool>() ||
+      !torch::isfinite(result.gradients).all().item<bool>())
+    error->one(FLERR, "pair_style mlip: the model returned non-finite energies or forces on step {} "
+               "(atoms far closer than in any training data?)", update->ntimestep);
   for (int n = 0; n < graph.n_local_nodes; n++) {
     if (eflag_global) eng_vdwl += energy[n];
     if (eflag_atom) eatom[graph.node_atom[n]] += energy[n];

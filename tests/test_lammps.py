@@ -313,6 +313,14 @@ def test_bad_input_ends_in_a_lammps_error(tmp_path, plugin, model_file, case, me
     assert "ERROR" in output and message in output, output[-2000:]
 
 
+def test_coincident_atoms_end_in_a_lammps_error(tmp_path, plugin, model_file):
+    deck = lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {model_file} Al Cu\n"
+                    "create_atoms 2 single 0.0 0.0 0.0 units box")
+    result = run_lmp(tmp_path, deck)
+    assert result.returncode > 0
+    assert "sit on top of each other" in result.stdout + result.stderr
+
+
 def test_newton_off_on_two_ranks_is_refused(tmp_path, plugin, model_file):
     deck = lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {model_file} Al Cu", newton="off")
     result = run_lmp(tmp_path, deck, ranks=2)
