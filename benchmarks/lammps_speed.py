@@ -21,7 +21,9 @@ interaction blocks, 20 features, 20 sensitivities, 3 atom layers, cutoff
 * **ASE step** (1 rank, same process): ``MLIPCalculator.get_forces`` after a
   small random move (σ = 1e-3 Å), default Verlet skin, the ASE benchmark's
   protocol. LAMMPS/ASE throughput ratio (target ≥ 1).
-* **Parallel efficiency** 1 → 2 ranks = t₁ / (2 t₂) at the largest size.
+* **Parallel efficiency** 1 → 2 ranks = t₁ / (2 t₂), and the model graph's
+  nodes and edges summed over the 2 ranks relative to 1 rank (``compute pair
+  mlip``): the redundant work of the ghost shell.
 
 The three 1-rank measurements are interleaved in each repetition so machine
 noise hits them alike. Run from the repository root::
@@ -67,10 +69,17 @@ def start(model: str, n_atoms: int):
         "displace_atoms all random 0.05 0.05 0.05 12345 units box",
         "pair_style mlip", f"pair_coeff * * {model} Al",
         "velocity all create 300 4928459 mom yes rot yes dist gaussian",
-        "fix integrate all nve", "timestep 0.001", "thermo 100000",
+        "fix integrate all nve", "timestep 0.001", "compute graph all pair mlip",
+        "thermo_style custom step pe c_graph[1] c_graph[2]", "thermo 100000",
     ])
     lmp.command("run 2")  # warm-up: first neighbour list, first torch calls
     return lmp
+
+
+def graph_size(lmp) -> dict:
+    """Nodes and edges the model saw on the last step, summed over ranks."""
+    nodes, edges = np.ctypeslib.as_array(lmp.extract_compute("graph", 0, 1), shape=(2,))
+    return {"graph_nodes": float(nodes), "graph_edges": float(edges)}
 
 
 def time_lammps(lmp, steps: int) -> float:
@@ -84,7 +93,7 @@ def worker(args) -> None:
     lmp = start(args.model, args.size)
     times = [time_lammps(lmp, args.steps) for _ in range(args.repeats)]
     if lmp.extract_setting("world_rank") == 0:
-        print(json.dumps({"step_s": times, "atoms": lmp.get_natoms()}))
+        print(json.dumps({"step_s": times, "atoms": lmp.get_natoms(), **graph_size(lmp)}))
     lmp.close()
 
 
@@ -141,9 +150,9 @@ def one_rank(model: str, n_atoms: int, steps: int, repeats: int) -> dict:
             atoms.get_forces()
             ase_times.append(time.perf_counter() - begin)
         ase_s.append(statistics.median(ase_times))
+    sizes = graph_size(lmp)
     lmp.close()
-    return {"lammps_step_s": lammps_s, "model_forward_backward_s": model_s, "ase_step_s": ase_s,
-            "edges": int(edge_index.shape[1])}
+    return {"lammps_step_s": lammps_s, "model_forward_backward_s": model_s, "ase_step_s": ase_s, **sizes}
 
 
 def two_ranks(model: str, n_atoms: int, steps: int, repeats: int) -> dict:
@@ -192,11 +201,14 @@ def main() -> None:
             "model_us_per_atom": 1e6 * model_t / n_atoms, "lammps_us_per_atom_step": 1e6 * t1 / n_atoms,
             "ase_us_per_atom_step": 1e6 * ase_t / n_atoms, "plugin_overhead": t1 / model_t - 1,
             "lammps_over_ase_throughput": ase_t / t1, "parallel_efficiency_2_ranks": t1 / (2 * t2),
+            "two_rank_nodes_over_one": row["two_ranks"]["graph_nodes"] / row["one_rank"]["graph_nodes"],
+            "two_rank_edges_over_one": row["two_ranks"]["graph_edges"] / row["one_rank"]["graph_edges"],
         }
         s = summary[n_atoms]
         print(f"{n_atoms:6d} {n_atoms / t1:14.0f} {n_atoms / t2:10.0f} {1e6 * model_t / n_atoms:9.1f}µ "
               f"{1e6 * ase_t / n_atoms:9.1f}µ {100 * s['plugin_overhead']:8.1f}% {s['lammps_over_ase_throughput']:10.2f}x "
-              f"{100 * s['parallel_efficiency_2_ranks']:10.0f}%")
+              f"{100 * s['parallel_efficiency_2_ranks']:10.0f}%   2 ranks: {s['two_rank_nodes_over_one']:.2f}x nodes, "
+              f"{s['two_rank_edges_over_one']:.2f}x edges")
     save_report("lammps_speed", __doc__.split("\n")[0],
                 {"sizes": args.sizes, "steps": args.steps, "repeats": args.repeats, "dtype": args.dtype,
                  "architecture": ARCHITECTURE},

@@ -35,6 +35,10 @@ PairMLIP::PairMLIP(LAMMPS *lmp) : Pair(lmp)
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients
   centroidstressflag = CENTROID_NOTAVAIL;
+  // compute pair mlip: [1] graph nodes, [2] graph edges, summed over ranks (the
+  // excess over one rank's counts is the work redundant ghost atoms cost)
+  nextra = 2;
+  pvector = new double[nextra]{0.0, 0.0};
 }
 
 PairMLIP::~PairMLIP()
@@ -46,6 +50,7 @@ PairMLIP::~PairMLIP()
   }
   memory->destroy(forces_uncertainty);
   memory->destroy(member_forces);
+  delete[] pvector;
 }
 
 void PairMLIP::allocate()
@@ -243,6 +248,8 @@ void PairMLIP::compute(int eflag, int vflag)
   ev_init(eflag, vflag);
   grow_peratom();
   build_graph();
+  pvector[0] = graph.n_nodes();
+  pvector[1] = graph.n_edges();
 
   Evaluation result;
   if (graph.n_local_nodes > 0) {

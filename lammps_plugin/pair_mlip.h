@@ -7,6 +7,8 @@
    Serves energy, forces, global and per-atom virial, per-atom energy, and for
    ensemble files the per-atom force uncertainty (extract_peratom name
    "forces_uncertainty", e.g. through fix pair). units metal only.
+   `compute ID all pair mlip` gives the model graph's nodes and edges summed
+   over ranks (c_ID[1], c_ID[2]).
 
    The model sees each atom once, whatever the number of its periodic images
    among the ghosts: on one MPI rank it runs on the owned atoms only. On

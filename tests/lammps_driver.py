@@ -50,7 +50,8 @@ def _setup(lmp, spec: dict) -> None:
         "compute pe_atom all pe/atom",
         "compute virial_atom all stress/atom NULL virial",
         "compute virial all pressure NULL virial",
-        "thermo_style custom step pe ke etotal c_virial[*]",
+        "compute graph all pair mlip",
+        "thermo_style custom step pe ke etotal c_virial[*] c_graph[*]",
         "thermo_modify norm no",
     ])
     if spec.get("ensemble"):
@@ -81,6 +82,8 @@ def _results(lmp, spec: dict) -> dict:
         "atom_energies": _gather(lmp, "c_pe_atom", 1)[order, 0],
         "atom_virials": -_gather(lmp, "c_virial_atom", 6)[order] / nktv2p,
         "atoms_per_rank": np.array(MPI.COMM_WORLD.allgather(lmp.extract_global("nlocal"))),
+        # model graph nodes and edges summed over ranks (compute pair mlip)
+        "graph": np.ctypeslib.as_array(lmp.extract_compute("graph", 0, 1), shape=(2,)).copy(),
     }
     if spec.get("ensemble"):
         results["forces_uncertainty"] = _gather(lmp, "f_sigma", 1)[order, 0]

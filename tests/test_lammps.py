@@ -146,6 +146,13 @@ def test_triclinic_periodic_cell_matches_ase(tmp_path, plugin, model_file, ranks
     stress_ref = -ref["virial"] / atoms.get_volume()
     np.testing.assert_allclose(stress_lmp, stress_ref, rtol=0, atol=1e-6)  # eV/Å³
     assert_matches(lmp, ref, len(atoms))
+    # each atom enters the model once on one rank; ghosts of other ranks add nodes on more
+    nodes, edges = lmp["graph"]
+    n_edges = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 6.0).n_edges
+    if ranks == 1:
+        assert (nodes, edges) == (len(atoms), n_edges)
+    else:
+        assert nodes > len(atoms) and edges > n_edges
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4])
