@@ -19,6 +19,7 @@
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #ifdef __GLIBC__
@@ -35,10 +36,12 @@ PairMLIP::PairMLIP(LAMMPS *lmp) : Pair(lmp)
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients
   centroidstressflag = CENTROID_NOTAVAIL;
-  // compute pair mlip: [1] graph nodes, [2] graph edges, summed over ranks (the
-  // excess over one rank's counts is the work redundant ghost atoms cost)
-  nextra = 2;
-  pvector = new double[nextra]{0.0, 0.0};
+  // compute pair mlip, summed over ranks: [1] graph nodes and [2] graph edges
+  // of the last step (the excess over one rank's counts is the work redundant
+  // ghost atoms cost); [3] seconds spent in the model (forward and backward)
+  // and [4] in the whole pair compute since the pair style was defined
+  nextra = 4;
+  pvector = new double[nextra]{0.0, 0.0, 0.0, 0.0};
 }
 
 PairMLIP::~PairMLIP()
@@ -243,8 +246,14 @@ void PairMLIP::build_graph()
 
 /* ---------------------------------------------------------------------- */
 
+static double seconds_since(std::chrono::steady_clock::time_point start)
+{
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 void PairMLIP::compute(int eflag, int vflag)
 {
+  auto start = std::chrono::steady_clock::now();
   ev_init(eflag, vflag);
   grow_peratom();
   build_graph();
@@ -254,13 +263,16 @@ void PairMLIP::compute(int eflag, int vflag)
   Evaluation result;
   if (graph.n_local_nodes > 0) {
     try {
+      auto model_start = std::chrono::steady_clock::now();
       result = evaluate();
+      pvector[2] += seconds_since(model_start);
     } catch (const std::exception &problem) {
       error->one(FLERR, "pair_style mlip: model evaluation failed: {}", problem.what());
     }
     tally(result);
   }
   if (model->ensemble_size > 1) tally_members(result);
+  pvector[3] += seconds_since(start);
 }
 
 /* Runs the model on the graph. Returns float64 CPU tensors: the mean per-atom

@@ -7,8 +7,9 @@
    Serves energy, forces, global and per-atom virial, per-atom energy, and for
    ensemble files the per-atom force uncertainty (extract_peratom name
    "forces_uncertainty", e.g. through fix pair). units metal only.
-   `compute ID all pair mlip` gives the model graph's nodes and edges summed
-   over ranks (c_ID[1], c_ID[2]).
+   `compute ID all pair mlip` gives, summed over ranks, the model graph's
+   nodes and edges on the last step (c_ID[1], c_ID[2]) and the seconds spent
+   in the model and in the whole pair style so far (c_ID[3], c_ID[4]).
 
    The model sees each atom once, whatever the number of its periodic images
    among the ghosts: on one MPI rank it runs on the owned atoms only. On
