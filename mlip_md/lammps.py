@@ -189,7 +189,8 @@ def plugin_directory() -> str:
 def _load_mpi() -> None:
     """Makes libmpi loadable for liblammps: mpi4py if installed, else a global preload of mpich's library."""
     try:
-        from mpi4py import MPI  # noqa: F401
+        from mpi4py import MPI  # noqa: F401  (loads libmpi globally)
+
         return
     except ImportError:
         pass

@@ -6,8 +6,6 @@ Each case runs tests/lammps_driver.py under mpiexec on 1, 2 or 4 ranks.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ from ase.build import bulk
 
 import mlip_md
 from mlip_md.contract import METADATA_FILE, load_exported
-from mlip_md.lammps import build_plugin
+from mlip_md.lammps import PluginBuildError, build_plugin
 from mlip_md.neighbors import neighbor_list
 
 from conftest import make_model, random_cell
@@ -333,6 +331,26 @@ def test_newton_off_on_two_ranks_is_refused(tmp_path, plugin, model_file):
     result = run_lmp(tmp_path, deck, ranks=2)
     assert result.returncode > 0
     assert "requires newton_pair on" in result.stdout + result.stderr
+
+
+def test_missing_plugin_sources_are_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLIP_MD_PLUGIN_SOURCE", str(tmp_path))
+    with pytest.raises(PluginBuildError, match="plugin sources not found in"):
+        build_plugin()
+
+
+def test_a_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
+    source = tmp_path / "lammps_plugin"
+    source.mkdir()
+    for path in Path(__file__).resolve().parent.parent.joinpath("lammps_plugin").iterdir():
+        source.joinpath(path.name).write_text(path.read_text())
+    registration = source / "mlip_plugin.cpp"
+    registration.write_text("#error this plugin source is broken on purpose\n" + registration.read_text())
+    monkeypatch.setenv("MLIP_MD_PLUGIN_SOURCE", str(source))
+    monkeypatch.setenv("MLIP_MD_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(PluginBuildError, match="broken on purpose"):
+        build_plugin(jobs=1)
+    assert not list((tmp_path / "cache").rglob("mlippairplugin.so"))
 
 
 def test_cli_prints_the_cached_plugin_path(plugin):
