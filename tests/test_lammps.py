@@ -189,6 +189,14 @@ def test_ensemble_uncertainty_matches_ase_on_one_and_two_ranks(tmp_path, plugin,
     assert_matches(lmp, ref, len(atoms))
 
 
+def test_ensemble_uncertainty_with_empty_ranks(tmp_path, plugin, ensemble_file):
+    # 4 slabs along x, the cluster in the first two: empty ranks join the reverse communication too
+    atoms = molecule_cluster(seed=7)
+    lmp = run_lammps(tmp_path, atoms, ensemble_file, ["Al", "Cu"], 4, processors="4 1 1", ensemble=True)
+    assert (lmp["atoms_per_rank"] == 0).sum() == 2
+    assert_matches(lmp, reference(atoms, ensemble_file), len(atoms))
+
+
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_hybrid_overlay_with_a_null_type(tmp_path, plugin, model_file, ranks):
     # Type 3 is NULL for mlip (left to pair_style zero): the model sees the Al/Cu atoms only.
@@ -205,6 +213,13 @@ def test_hybrid_overlay_with_a_null_type(tmp_path, plugin, model_file, ranks):
     trimmed = {key: lmp[key][mapped] for key in ("forces", "atom_energies", "atom_virials")}
     trimmed.update(energy=lmp["energy"], virial=lmp["virial"])
     assert_matches(trimmed, ref, len(mapped))
+
+
+def test_two_atom_types_may_share_an_element(tmp_path, plugin, model_file):
+    atoms = two_element_cell(seed=3)
+    types = [2 if s == "Cu" else 1 + 2 * (k % 2) for k, s in enumerate(atoms.get_chemical_symbols())]
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu", "Al"], 2, types=types)
+    assert_matches(lmp, reference(atoms, model_file), len(atoms))
 
 
 def test_float32_model_matches_ase(tmp_path, plugin):
