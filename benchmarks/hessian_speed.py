@@ -55,6 +55,7 @@ import torch  # noqa: E402
 from ase.neighborlist import natural_cutoffs, neighbor_list as ase_neighbor_list  # noqa: E402
 
 import mlip_md  # noqa: E402
+from mlip_md.data.generate import finite_difference_hessian  # noqa: E402
 from _report import save_report  # noqa: E402
 
 torch.set_num_threads(1)
@@ -141,23 +142,6 @@ def check_geometry(atoms: ase.Atoms, expected_bonds: int) -> None:
 # -- Hessians ----------------------------------------------------------------------------
 
 
-def finite_difference_hessian(calculator, atoms: ase.Atoms, step: float) -> np.ndarray:
-    """Central differences of the forces over all 3N coordinates, (3N, 3N) in eV/Å²."""
-    work = atoms.copy()
-    work.calc = calculator
-    size = 3 * len(atoms)
-    hessian = np.empty((size, size))
-    for k in range(size):
-        forces = []
-        for sign in (1.0, -1.0):
-            positions = atoms.positions.copy()
-            positions[k // 3, k % 3] += sign * step
-            work.positions = positions
-            forces.append(work.get_forces().reshape(-1))
-        hessian[:, k] = -(forces[0] - forces[1]) / (2 * step)
-    return hessian
-
-
 def one_force_call(calculator, atoms: ase.Atoms) -> np.ndarray:
     """Forces of a fresh copy of ``atoms`` (so nothing comes from the calculator's cache)."""
     calculator.reset()
@@ -179,7 +163,7 @@ def measure(name: str, atoms: ase.Atoms, calculator, repeats: int, step: float) 
     """Interleaved timings of both Hessians and the agreement for h/10, h, 10 h."""
     functions = {
         "analytic": lambda: calculator.get_hessian(atoms),
-        "finite_differences": lambda: finite_difference_hessian(calculator, atoms, step),
+        "finite_differences": lambda: finite_difference_hessian(atoms, calculator, step, symmetrize=False),
         "one_force_call": lambda: one_force_call(calculator, atoms),
     }
     analytic, fd = functions["analytic"](), functions["finite_differences"]()  # also warm-up
@@ -192,7 +176,7 @@ def measure(name: str, atoms: ase.Atoms, calculator, repeats: int, step: float) 
             times[label].append(seconds)
     agreement = {f"{step:g}": relative_deviation(analytic, fd)}
     for h in (step / 10, step * 10):
-        agreement[f"{h:g}"] = relative_deviation(analytic, finite_difference_hessian(calculator, atoms, h))
+        agreement[f"{h:g}"] = relative_deviation(analytic, finite_difference_hessian(atoms, calculator, h, symmetrize=False))
     median = {label: statistics.median(t) for label, t in times.items()}
     return {
         "system": name,

@@ -8,6 +8,7 @@ import torch
 from ase import Atoms
 
 import mlip_md
+from mlip_md.data.generate import finite_difference_hessian
 
 
 def make_model(species=("Al", "Cu"), seed=0, readout_scale=40.0, repulsive=False, **kwargs) -> mlip_md.HIPNN:
@@ -90,18 +91,8 @@ def numeric_stress(atoms: Atoms, h: float = 1e-5) -> np.ndarray:
 
 
 def numeric_hessian(atoms: Atoms, h: float = 1e-4) -> np.ndarray:
-    """Central finite differences of forces, ``(3N, 3N)`` eV/Å²."""
-    n = 3 * len(atoms)
-    matrix = np.zeros((n, n))
-    for row in range(n):
-        forces = []
-        for sign in (1, -1):
-            displaced = atoms.copy()
-            displaced.calc = atoms.calc
-            displaced.positions[row // 3, row % 3] += sign * h
-            forces.append(displaced.get_forces().reshape(-1))
-        matrix[row] = -(forces[0] - forces[1]) / (2 * h)
-    return matrix
+    """Central finite differences of forces, not symmetrised, ``(3N, 3N)`` eV/Å²."""
+    return finite_difference_hessian(atoms, atoms.calc, step=h, symmetrize=False)
 
 
 @pytest.fixture(scope="session")

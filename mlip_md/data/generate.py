@@ -128,8 +128,11 @@ def write_images(images: Sequence[Atoms], path: str | os.PathLike) -> str:
     return path
 
 
-def finite_difference_hessian(atoms: Atoms, calculator, step: float = 5e-3) -> np.ndarray:
-    """Central differences of ``calculator``'s forces, symmetrised, ``(3N, 3N)`` eV/Å²."""
+def finite_difference_hessian(atoms: Atoms, calculator, step: float = 5e-3, symmetrize: bool = True) -> np.ndarray:
+    """Central differences of ``calculator``'s forces, ``(3N, 3N)`` eV/Å²; row k is −∂F/∂x_k.
+
+    ``symmetrize`` returns (H + Hᵀ)/2 (labels); ``False`` keeps the raw rows (test oracle).
+    """
     size = 3 * len(atoms)
     hessian = np.zeros((size, size))
     for row in range(size):
@@ -140,7 +143,7 @@ def finite_difference_hessian(atoms: Atoms, calculator, step: float = 5e-3) -> n
             displaced.positions[row // 3, row % 3] += sign * step
             forces.append(displaced.get_forces().ravel())
         hessian[row] = -(forces[0] - forces[1]) / (2 * step)
-    return 0.5 * (hessian + hessian.T)
+    return 0.5 * (hessian + hessian.T) if symmetrize else hessian
 
 
 def generate_molecule(
