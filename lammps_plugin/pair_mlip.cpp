@@ -434,6 +434,9 @@ double PairMLIP::memory_usage()
   double bytes = Pair::memory_usage();
   bytes += static_cast<double>(nmax_peratom) * sizeof(double);
   if (model) bytes += static_cast<double>(nmax_peratom) * 3 * model->ensemble_size * sizeof(double);
-  bytes += graph.edge_vectors.capacity() * sizeof(double) * 3;
+  bytes += graph.edge_vectors.capacity() * sizeof(double);
+  bytes += (graph.edge_i.capacity() + graph.edge_j.capacity()) * sizeof(int64_t);
+  bytes += (graph.edge_atom_i.capacity() + graph.edge_atom_j.capacity() + graph.node_atom.capacity() +
+            row_of_atom.capacity()) * sizeof(int);
   return bytes;
 }

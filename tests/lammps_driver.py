@@ -63,11 +63,6 @@ def _gather(lmp, name: str, count: int) -> np.ndarray:
     return np.ctypeslib.as_array(values, shape=(lmp.get_natoms() * count,)).reshape(-1, count).copy()
 
 
-def _id_order(lmp) -> np.ndarray:
-    """The permutation that sorts gathered per-atom arrays by atom ID."""
-    return np.argsort(np.ctypeslib.as_array(lmp.gather_concat("id", 0, 1), shape=(lmp.get_natoms(),)))
-
-
 def _results(lmp, spec: dict) -> dict:
     ids = np.ctypeslib.as_array(lmp.gather_concat("id", 0, 1), shape=(lmp.get_natoms(),)).copy()
     order = np.argsort(ids)
@@ -116,7 +111,8 @@ def main(spec_path: str) -> None:
     results = _results(lmp, spec)
     if "nve" in spec:
         results["nve_energies"], results["nve_temperatures"] = _nve(lmp, spec["nve"])
-        results["positions"] = _gather(lmp, "x", 3)[_id_order(lmp)]
+        ids = np.ctypeslib.as_array(lmp.gather_concat("id", 0, 1), shape=(lmp.get_natoms(),))
+        results["positions"] = _gather(lmp, "x", 3)[np.argsort(ids)]  # atoms migrated: sort again
         results["neighbor_builds"] = lmp.get_thermo("nbuild")
     if lmp.extract_setting("world_rank") == 0:
         np.savez(spec["out"], **results)

@@ -110,7 +110,7 @@ def assert_matches(lmp: dict, ref: dict, n_atoms: int, tolerance: float = 1e-6) 
     np.testing.assert_allclose(lmp["atom_virials"], ref["atom_virials"], rtol=0, atol=tolerance)
     np.testing.assert_allclose(lmp["atom_virials"].sum(0), lmp["virial"], rtol=0, atol=1e-9)
     if "virial" in ref:
-        np.testing.assert_allclose(lmp["virial"] / ref.get("volume", 1.0), ref["virial"], rtol=0, atol=tolerance)
+        np.testing.assert_allclose(lmp["virial"], ref["virial"], rtol=0, atol=tolerance)
     if "forces_uncertainty" in ref:
         np.testing.assert_allclose(lmp["forces_uncertainty"], ref["forces_uncertainty"], rtol=0, atol=tolerance)
 
