@@ -76,6 +76,8 @@ ExportedModel load_exported_model(const std::string &path)
   if (model.species.empty() || model.cutoff <= 0.0 || model.n_interactions < 1 || model.ensemble_size < 1)
     throw std::runtime_error(path + ": metadata has an empty species list or a non-positive cutoff, "
                              "layer count or ensemble size");
+  if (!model.module.find_method("energies_and_gradients"))
+    throw std::runtime_error(path + ": the module lacks energies_and_gradients; re-export it with mlip_md.export");
   model.module.eval();
   return model;
 }

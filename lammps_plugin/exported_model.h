@@ -13,7 +13,7 @@
 namespace mlip {
 
 struct ExportedModel {
-  torch::jit::Module module;         // forward(species [N], edge_index [2,E], edge_vectors [E,3]) -> [M,N] eV
+  torch::jit::Module module;         // see mlip_md/contract.py: energies_and_gradients(...)
   std::vector<std::string> species;  // element symbols; position = species index
   double cutoff = 0.0;               // Angstrom
   int n_interactions = 0;            // message-passing layers

@@ -1,6 +1,7 @@
 /* pair_style mlip: see pair_mlip.h for the input syntax and the parallel scheme,
    and mlip_md/contract.py for the exported-model contract:
-     forward(species [N], edge_index [2,E], edge_vectors [E,3]) -> [M,N] eV
+     energies_and_gradients(species [N], edge_index [2,E], edge_vectors [E,3], n_owned)
+      -> ([M,N] eV, [M,E,3] dE/dr_e of the owned atoms' energy)
      g_e = dE/dr_e;  F_i += g_e, F_j -= g_e;  virial W = -sum_e r_e (x) g_e. */
 
 #include "pair_mlip.h"
@@ -38,7 +39,7 @@ PairMLIP::PairMLIP(LAMMPS *lmp) : Pair(lmp)
   centroidstressflag = CENTROID_NOTAVAIL;
   // compute pair mlip, summed over ranks: [1] graph nodes and [2] graph edges
   // of the last step (the excess over one rank's counts is the work redundant
-  // ghost atoms cost); [3] seconds spent in the model (forward and backward)
+  // ghost atoms cost); [3] seconds spent in the model (energies and gradients)
   // and [4] in the whole pair compute since the pair style was defined
   nextra = 4;
   pvector = new double[nextra]{0.0, 0.0, 0.0, 0.0};
@@ -293,37 +294,32 @@ PairMLIP::Evaluation PairMLIP::evaluate()
   std::copy(graph.edge_i.begin(), graph.edge_i.end(), edge_index.data_ptr<int64_t>());
   std::copy(graph.edge_j.begin(), graph.edge_j.end(), edge_index.data_ptr<int64_t>() + n_edges);
   // graph.edge_vectors outlives this call: float64 models read it in place
-  torch::Tensor vectors = torch::from_blob(graph.edge_vectors.data(), {n_edges, 3}, torch::kFloat64)
-                              .to(model->dtype)
-                              .requires_grad_(true);
+  torch::Tensor vectors =
+      torch::from_blob(graph.edge_vectors.data(), {n_edges, 3}, torch::kFloat64).to(model->dtype);
 
-  torch::Tensor energies;
+  torch::Tensor energies, member_gradients;
   {
+    // the model's hand-written reverse pass: no autograd graph
+    torch::NoGradGuard no_grad;
     // op-by-op execution: no profiling runs or recompilation as graph sizes change
     torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);
-    energies = model->module.forward({species, edge_index, vectors}).toTensor();
+    auto output = model->module.get_method("energies_and_gradients")(
+        {species, edge_index, vectors, static_cast<int64_t>(graph.n_local_nodes)});
+    auto pair = output.toTuple();
+    energies = pair->elements()[0].toTensor();
+    member_gradients = pair->elements()[1].toTensor();
   }
   if (energies.dim() != 2 || energies.size(0) != members || energies.size(1) != n_nodes)
     throw std::runtime_error("model output has shape " + std::to_string(energies.dim()) + "-d, expected [" +
                              std::to_string(members) + ", " + std::to_string(n_nodes) + "]");
-  torch::Tensor local = energies.narrow(1, 0, graph.n_local_nodes);
-  torch::Tensor totals = local.sum(1);    // [M]
+  if (member_gradients.dim() != 3 || member_gradients.size(0) != members || member_gradients.size(1) != n_edges)
+    throw std::runtime_error("model edge gradients have the wrong shape");
 
   Evaluation result;
-  result.node_energies = local.detach().mean(0).to(torch::kFloat64).contiguous();
-  auto gradient_of = [&](const torch::Tensor &output, bool keep_graph) {
-    torch::Tensor gradient = torch::autograd::grad({output}, {vectors}, {}, keep_graph, false, true)[0];
-    if (!gradient.defined()) gradient = torch::zeros({n_edges, 3}, torch::kFloat64);
-    return gradient.to(torch::kFloat64).contiguous();
-  };
-  if (members == 1) {
-    result.gradients = gradient_of(totals.sum(), false);
-  } else {
-    std::vector<torch::Tensor> per_member;
-    for (int m = 0; m < members; m++) per_member.push_back(gradient_of(totals[m], m + 1 < members));
-    result.member_gradients = torch::stack(per_member);
-    result.gradients = result.member_gradients.mean(0).contiguous();
-  }
+  result.node_energies = energies.narrow(1, 0, graph.n_local_nodes).mean(0).to(torch::kFloat64).contiguous();
+  member_gradients = member_gradients.to(torch::kFloat64);
+  result.gradients = member_gradients.mean(0).contiguous();
+  if (members > 1) result.member_gradients = member_gradients.contiguous();
   return result;
 }
 

@@ -6,13 +6,14 @@ import copy
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from mlip_md import __version__
 from mlip_md.contract import DTYPES, METADATA_FILE, make_metadata, quiet_torchscript
+from mlip_md.model.graph import edge_gradients, pad_neighbors
 from mlip_md.model.hipnn import HIPNN
 
 
@@ -38,6 +39,39 @@ class DeployedEnsemble(nn.Module):
         for member in self.members:
             energies.append(member.level_energies(layout).sum(0))
         return torch.stack(energies)
+
+
+    @torch.jit.export
+    def energies_and_gradients(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_owned: int = -1
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies ``[M, N]`` (eV) and ∂E_m/∂r_e ``[M, E, 3]`` (eV/Å) without autograd.
+
+        E_m = Σ_{i < n_owned} E_{m,i} (all atoms for ``n_owned < 0``); see
+        :mod:`mlip_md.contract` for when atoms beyond ``n_owned`` may lack edges.
+        """
+        if n_owned < 0:
+            n_owned = species.shape[0]
+        n_edges = edge_vectors.shape[0]
+        distances = torch.linalg.vector_norm(edge_vectors, dim=1)
+        keep = distances < self.cutoff
+        kept = torch.empty(0, dtype=torch.long, device=edge_vectors.device)
+        if not bool(keep.all()):
+            kept = torch.nonzero(keep).squeeze(1)
+            edge_index = edge_index.index_select(1, kept)
+            edge_vectors = edge_vectors.index_select(0, kept)
+            distances = distances.index_select(0, kept)
+        layout = pad_neighbors(species, edge_index, distances, self.cutoff)
+        energies: List[torch.Tensor] = []
+        distance_gradients: List[torch.Tensor] = []
+        for member in self.members:
+            member_energies, member_gradients = member.energies_and_distance_gradients(layout, n_owned)
+            energies.append(member_energies)
+            distance_gradients.append(member_gradients)
+        gradients = edge_gradients(torch.stack(distance_gradients), layout, edge_vectors)  # [M, E_kept, 3]
+        if kept.numel() > 0 or n_edges > edge_vectors.shape[0]:
+            gradients = gradients.new_zeros(gradients.shape[0], n_edges, 3).index_copy(1, kept, gradients)
+        return torch.stack(energies), gradients
 
 
 def _check_members(models: Sequence[HIPNN]) -> None:
@@ -82,7 +116,9 @@ def export(
             parameter.requires_grad_(False)
         members.append(member)
     with quiet_torchscript():
-        scripted = torch.jit.freeze(torch.jit.script(DeployedEnsemble(members).eval()))
+        scripted = torch.jit.freeze(
+            torch.jit.script(DeployedEnsemble(members).eval()), preserved_attrs=["energies_and_gradients"]
+        )
     metadata = make_metadata(
         species=members[0].species,
         cutoff=members[0].cutoff,

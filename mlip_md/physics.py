@@ -44,26 +44,15 @@ def evaluate_edges(
 ) -> EdgeResults:
     """Energies, forces and virials of every ensemble member.
 
-    ``edge_vectors`` ``[E, 3]`` in the model's dtype. One backward pass for a
-    single model; for M > 1 members one batched backward pass gives each
-    member's forces (needed for the force uncertainty).
+    ``edge_vectors`` ``[E, 3]`` in the model's dtype. The module's
+    ``energies_and_gradients`` returns each member's ∂E/∂r_e from its
+    hand-written reverse pass; no autograd graph is built.
     """
-    edge_vectors = edge_vectors.detach().requires_grad_(True)
-    with torch.jit.optimized_execution(False):
-        atom_energies = module(species, edge_index, edge_vectors)  # [M, N]
-    totals = atom_energies.sum(1)  # [M]
-    n_members = totals.shape[0]
-    if n_members == 1:
-        (gradients,) = torch.autograd.grad(totals, edge_vectors)
-        gradients = gradients.unsqueeze(0)  # [1, E, 3]
-    else:
-        (gradients,) = torch.autograd.grad(
-            totals, edge_vectors, grad_outputs=torch.eye(n_members, dtype=totals.dtype, device=totals.device),
-            is_grads_batched=True,
-        )  # [M, E, 3]
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        atom_energies, gradients = module.energies_and_gradients(species, edge_index, edge_vectors)
     forces = forces_from_edge_gradients(edge_index, gradients, species.shape[0])
-    virial = -torch.einsum("ea,meb->mab", edge_vectors.detach(), gradients)
-    return EdgeResults(atom_energies.detach(), forces, virial)
+    virial = -torch.einsum("ea,meb->mab", edge_vectors, gradients)
+    return EdgeResults(atom_energies, forces, virial)
 
 
 def hessian(
@@ -78,17 +67,17 @@ def hessian(
     """Analytic Hessian ∂²E/∂x∂x of the ensemble-mean energy, ``[3N, 3N]`` in eV/Å².
 
     ``positions`` ``[N, 3]`` and ``shift_vectors`` ``[E, 3]`` (image offsets
-    ``shifts @ cell``) in float64, Å. Rows are computed by batched
-    double-backward (``is_grads_batched``), ``chunk_size`` rows at a time
-    (0: chosen from the number of edges; larger batches only pay off for
-    small graphs).
+    ``shifts @ cell``) in float64, Å. The gradient comes from the module's
+    hand-written ``energies_and_gradients``; its rows are differentiated by
+    batched backward passes (``is_grads_batched``), ``chunk_size`` rows at a
+    time (0: chosen from the number of edges).
     """
     positions = positions.detach().requires_grad_(True)
     edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + shift_vectors
     with torch.jit.optimized_execution(False):
-        energy = module(species, edge_index, edge_vectors.to(dtype)).sum(1).mean()
-    (gradient,) = torch.autograd.grad(energy, positions, create_graph=True)
-    gradient = gradient.reshape(-1)  # [3N]
+        _, edge_gradients = module.energies_and_gradients(species, edge_index, edge_vectors.to(dtype))
+    # ∂E/∂x = −F of the member mean, [3N]
+    gradient = -forces_from_edge_gradients(edge_index, edge_gradients, species.shape[0]).mean(0).reshape(-1)
     n = gradient.shape[0]
     rows = []
     identity = torch.eye(n, dtype=gradient.dtype, device=gradient.device)

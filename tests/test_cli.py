@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlip_md.cli import main
+from mlip_md.contract import FORMAT_VERSION
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -33,7 +34,7 @@ def test_demo_trains_exports_and_runs_md(tmp_path, capsys):
 def test_info_prints_metadata(tmp_path, capsys, model_file):
     assert main(["info", str(model_file)]) == 0
     metadata = json.loads(capsys.readouterr().out)
-    assert metadata["species"] == ["Al", "Cu"] and metadata["format_version"] == 1
+    assert metadata["species"] == ["Al", "Cu"] and metadata["format_version"] == FORMAT_VERSION
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):

@@ -8,7 +8,7 @@ import torch
 
 import mlip_md
 from conftest import make_model, random_cell
-from mlip_md.model.graph import EXPONENT_FLOOR, log_cutoff_envelope
+from mlip_md.model.graph import EXPONENT_FLOOR, LOG2_E, log_cutoff_envelope
 from mlip_md.model.layers import InverseSensitivity
 from mlip_md.neighbors import neighbor_list
 
@@ -70,7 +70,7 @@ def test_isolated_atoms_get_reference_energies():
 
 def test_envelope_vanishes_smoothly_at_cutoff():
     r = torch.tensor([6.0 - 1e-6, 6.0, 6.0 + 1e-6, 9.0, 12.0], dtype=torch.float64, requires_grad=True)
-    values = torch.exp(torch.clamp_min(log_cutoff_envelope(r, 6.0), EXPONENT_FLOOR))
+    values = torch.exp2(torch.clamp_min(LOG2_E * log_cutoff_envelope(r, 6.0), EXPONENT_FLOOR))
     (gradient,) = torch.autograd.grad(values.sum(), r)
     assert values[0] < 1e-12 and values[1:].max() < 1e-34
     assert gradient.abs().max() < 1e-5

@@ -13,9 +13,11 @@ from typing import NamedTuple
 import torch
 
 
-# Sensitivity exponents are clamped here: exp(-80) ≈ 2e-35 is zero for all
-# purposes, and exp of inputs that underflow is ~10x slower on CPUs.
-EXPONENT_FLOOR = -80.0
+# Sensitivities are computed as powers of 2 (see InverseSensitivity); their
+# base-2 exponents are clamped here: 2^-115 ≈ 2e-35 is zero for all purposes,
+# and exp2 of inputs that underflow is ~10x slower on CPUs.
+EXPONENT_FLOOR = -115.0
+LOG2_E = 1.4426950408889634  # log2(e)
 
 
 def log_cutoff_envelope(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -23,8 +25,9 @@ def log_cutoff_envelope(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
 
     φ_cut and its first derivative vanish at r_cut, so energies and forces
     are continuous when an atom crosses the cutoff. Beyond the cutoff the
-    log is -160 = 2 · EXPONENT_FLOOR (φ_cut is 0 after the sensitivity's clamp;
-    a literal because TorchScript cannot read module globals).
+    log is −160 (a literal: TorchScript cannot read module globals); times
+    log2(e) that lies far below EXPONENT_FLOOR, so φ_cut is 0 after the
+    sensitivity's clamp.
     """
     cosine = torch.cos((0.5 * math.pi / cutoff) * distances)
     inside = distances < cutoff
@@ -45,25 +48,26 @@ class PaddedNeighbors(NamedTuple):
     neighbors: torch.Tensor  # [N, K] int64, neighbour atom index j
     distances: torch.Tensor  # [N, K] float, |r_ij| in Å
     radial_terms: torch.Tensor  # [N, K, 4] float: 1/r², 1/r, 1, log φ_cut(r)
+    edge_slots: torch.Tensor  # [E] int64, position of each input edge in the flattened [N * K] layout
 
 
 def pad_neighbors(
     species: torch.Tensor,
     edge_index: torch.Tensor,
-    edge_vectors: torch.Tensor,
+    distances: torch.Tensor,
     cutoff: float,
 ) -> PaddedNeighbors:
-    """Builds the padded layout from ``edge_index`` ``[2, E]`` and ``edge_vectors`` ``[E, 3]``.
+    """Builds the padded layout from ``edge_index`` ``[2, E]`` and edge lengths ``distances`` ``[E]`` (Å).
 
     Edges may come in any order; they are sorted by the centre atom ``i`` when
-    they are not already. Distances stay differentiable with respect to
-    ``edge_vectors``.
+    they are not already. The layout stays differentiable with respect to
+    ``distances``.
     """
     n_atoms = species.shape[0]
     centers = edge_index[0]
     others = edge_index[1]
-    distances = torch.linalg.vector_norm(edge_vectors, dim=1)  # [E]
     n_edges = centers.shape[0]
+    order = torch.arange(n_edges, device=centers.device)
     if n_edges > 1 and bool((centers[1:] < centers[:-1]).any()):
         order = torch.argsort(centers, stable=True)
         centers = centers[order]
@@ -86,4 +90,37 @@ def pad_neighbors(
         [inverse * inverse, inverse, torch.ones_like(inverse), log_cutoff_envelope(padded_distances, cutoff)],
         dim=-1,
     )
-    return PaddedNeighbors(species, padded_neighbors.view(n_atoms, width), padded_distances, radial_terms)
+    edge_slots = torch.empty_like(flat).index_copy(0, order, flat)
+    return PaddedNeighbors(
+        species, padded_neighbors.view(n_atoms, width), padded_distances, radial_terms, edge_slots
+    )
+
+
+def distance_gradient(radial_gradient: torch.Tensor, distances: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Chain rule from ∂E/∂(1/r², 1/r, log φ_cut) ``[3, N, K]`` to ∂E/∂r ``[N, K]`` (eV/Å).
+
+    d(1/r²)/dr = −2/r³, d(1/r)/dr = −1/r², d log φ_cut/dr = −(π/r_cut) tan(π r/(2 r_cut))
+    inside the cutoff and 0 beyond it (where log φ_cut is the constant −160).
+    """
+    inverse = distances.reciprocal()
+    inverse_squared = inverse * inverse
+    angle = (0.5 * math.pi / cutoff) * distances
+    envelope = torch.where(
+        distances < cutoff, (-math.pi / cutoff) * torch.tan(angle), torch.zeros_like(distances)
+    )
+    return (
+        radial_gradient[0] * (-2.0 * inverse_squared * inverse)
+        - radial_gradient[1] * inverse_squared
+        + radial_gradient[2] * envelope
+    )
+
+
+def edge_gradients(
+    distance_gradients: torch.Tensor, graph: PaddedNeighbors, edge_vectors: torch.Tensor
+) -> torch.Tensor:
+    """∂E_m/∂r_e ``[M, E, 3]`` from ∂E_m/∂r ``[M, N, K]`` in the padded layout: g_e = ∂E/∂r · r_e / r."""
+    n_members = distance_gradients.shape[0]
+    per_edge = distance_gradients.reshape(n_members, graph.distances.numel()).index_select(1, graph.edge_slots)  # [M, E]
+    distances = graph.distances.reshape(-1).index_select(0, graph.edge_slots)  # [E]
+    directions = edge_vectors / distances.unsqueeze(1)  # [E, 3]
+    return per_edge.unsqueeze(-1) * directions

@@ -13,13 +13,13 @@ The level-0 terms are the per-species reference energies (eV), normally fit
 by least squares on the training set before training the rest.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from mlip_md.model.graph import PaddedNeighbors, pad_neighbors
-from mlip_md.model.layers import Interaction, make_activation
+from mlip_md.model.graph import PaddedNeighbors, distance_gradient, pad_neighbors
+from mlip_md.model.layers import Interaction, interaction_reverse, make_activation, reverse_weights
 from mlip_md.species import validate_species
 
 
@@ -102,7 +102,7 @@ class HIPNN(nn.Module):
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
     ) -> PaddedNeighbors:
         """The padded neighbour layout of one structure (shared by ensemble members)."""
-        return pad_neighbors(species, edge_index, edge_vectors, self.cutoff)
+        return pad_neighbors(species, edge_index, torch.linalg.vector_norm(edge_vectors, dim=1), self.cutoff)
 
     def level_energies(self, graph: PaddedNeighbors) -> torch.Tensor:
         """Per-atom energies of every hierarchy level, ``[n_interactions + 1, N]`` in eV."""
@@ -112,6 +112,95 @@ class HIPNN(nn.Module):
             features = dense(interaction(features, graph))  # [N, n_features]
             levels.append(readout(features).squeeze(-1))
         return torch.stack(levels)
+
+    def energies_and_distance_gradients(
+        self, graph: PaddedNeighbors, n_owned: int, block_slots: int = 8192
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies ``[N]`` (eV) and ∂E/∂r ``[N, K]`` (eV/Å), E = Σ_{i < n_owned} E_i.
+
+        The energies of :meth:`level_energies`, with a hand-written reverse
+        pass instead of autograd. The neighbour work, tensors ``[B, K, ·]``,
+        runs on blocks of atoms of about ``block_slots`` neighbour slots that
+        stay in the CPU cache; only the sensitivities are kept between the
+        passes. Needs the full (symmetric) neighbour list of the contract;
+        see :func:`mlip_md.model.layers.interaction_reverse`. About 2x faster
+        than autograd for energy + forces, and itself differentiable (a
+        Hessian is one autograd pass through it).
+        """
+        n_atoms, width = graph.neighbors.shape
+        block = max(1, block_slots // max(1, width))
+        starts = list(range(0, n_atoms, block))
+        energies = self.reference_energies[graph.species]
+        features = nn.functional.one_hot(graph.species, self.n_species).to(self.reference_energies.dtype)
+        # Forward; per layer keeps its input features [N, n_in], the sensitivities
+        # of each block, f'(pre-activations) and the weights the reverse pass needs.
+        inputs: List[torch.Tensor] = []
+        sensitivities: List[List[torch.Tensor]] = []
+        interaction_saved: List[List[torch.Tensor]] = []  # f'(pre), V, V rearranged, coefficients, W_self, readout
+        dense_saved: List[List[torch.Tensor]] = []  # per dense layer: weight, f'(pre)
+        for interaction, dense, readout in zip(self.interactions, self.atom_layers, self.readouts):
+            inputs.append(features)
+            pre_blocks: List[torch.Tensor] = []
+            sensitivity_blocks: List[torch.Tensor] = []
+            for start in starts:
+                block_pre, block_sensitivities = interaction.pre_activation(
+                    features, graph.neighbors[start : start + block], graph.radial_terms[start : start + block],
+                    features[start : start + block],
+                )
+                pre_blocks.append(block_pre)
+                sensitivity_blocks.append(block_sensitivities)
+            sensitivities.append(sensitivity_blocks)
+            pre = torch.cat(pre_blocks)
+            features = interaction.activation(pre)
+            transposed, radial_coefficients = reverse_weights(
+                interaction.interaction_weights, interaction.sensitivity.coefficients()
+            )
+            interaction_saved.append([
+                interaction.activation.derivative(pre, features),
+                interaction.interaction_weights,
+                transposed,
+                radial_coefficients,
+                interaction.self_interaction.weight,
+                readout.weight,
+            ])
+            layer_saved: List[torch.Tensor] = []
+            for layer in dense:
+                # hasattr is resolved when scripting: activations have `derivative`.
+                if hasattr(layer, "derivative"):
+                    features = layer(pre)
+                    layer_saved.append(layer.derivative(pre, features))
+                else:
+                    pre = layer(features)
+                    layer_saved.append(layer.weight)
+            dense_saved.append(layer_saved)
+            energies = energies + readout(features).squeeze(-1)
+        # Reverse, last layer first; `gradient` is ∂E/∂(layer output features) [N, n_features].
+        owned = (torch.arange(n_atoms, device=energies.device) < n_owned).to(energies.dtype).unsqueeze(1)
+        radial_gradient = torch.zeros(3, n_atoms, width, dtype=energies.dtype, device=energies.device)
+        gradient = torch.zeros_like(features)
+        for level in range(len(inputs) - 1, -1, -1):
+            activation_derivative, weights, transposed, radial_coefficients, self_weight, readout_weight = (
+                interaction_saved[level]
+            )
+            gradient = gradient + readout_weight * owned
+            layer_saved = dense_saved[level]
+            for index in range(len(layer_saved) - 2, -1, -2):
+                gradient = (gradient * layer_saved[index + 1]) @ layer_saved[index]
+            pre_gradient = gradient * activation_derivative  # [N, n_out]
+            radial_blocks: List[torch.Tensor] = []
+            neighbor_parts: List[torch.Tensor] = []
+            for index, start in enumerate(starts):
+                radial, neighbor_part = interaction_reverse(
+                    pre_gradient, inputs[level], start, graph.neighbors[start : start + block],
+                    sensitivities[level][index], weights, transposed, radial_coefficients, level > 0,
+                )
+                radial_blocks.append(radial)
+                neighbor_parts.append(neighbor_part)
+            radial_gradient = radial_gradient + torch.cat(radial_blocks, dim=1)
+            if level > 0:
+                # ∂E/∂(input features): self-interaction part plus neighbour part
+                gradient = pre_gradient @ self_weight + torch.cat(neighbor_parts)
+        return energies, distance_gradient(radial_gradient, graph.distances, self.cutoff)
 
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
