@@ -85,14 +85,18 @@ def pad_neighbors(
         n_atoms * width, dtype=torch.long, device=centers.device
     ).index_copy(0, flat, others)
     padded_distances = padded_distances.view(n_atoms, width)
-    inverse = padded_distances.reciprocal()
-    radial_terms = torch.stack(
-        [inverse * inverse, inverse, torch.ones_like(inverse), log_cutoff_envelope(padded_distances, cutoff)],
-        dim=-1,
-    )
     edge_slots = torch.empty_like(flat).index_copy(0, order, flat)
     return PaddedNeighbors(
-        species, padded_neighbors.view(n_atoms, width), padded_distances, radial_terms, edge_slots
+        species, padded_neighbors.view(n_atoms, width), padded_distances,
+        radial_terms_of(padded_distances, cutoff), edge_slots,
+    )
+
+
+def radial_terms_of(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """(1/r², 1/r, 1, log φ_cut(r)) of ``distances`` ``[...]`` → ``[..., 4]``."""
+    inverse = distances.reciprocal()
+    return torch.stack(
+        [inverse * inverse, inverse, torch.ones_like(inverse), log_cutoff_envelope(distances, cutoff)], dim=-1
     )
 
 
