@@ -13,11 +13,11 @@ interaction blocks, 20 features, 20 sensitivities, 3 atom layers, cutoff
   communication and integration included), median over ``--repeats``; reported
   as atom-steps per second, on 1 and 2 MPI ranks (2 ranks: a separate
   ``mpiexec`` run of this script in ``--worker`` mode).
-* **Model forward + backward** (1 rank, same process): the exported module
-  called on the same graph (LAMMPS's current positions, pairs within 6 Å from
-  mlip_md's neighbour list), plus the gradient of the total energy with
-  respect to the edge vectors: exactly the work the plugin hands to torch.
-  Overhead = LAMMPS step / model forward+backward − 1 (target ≤ 15 %). The
+* **Model energies + gradients** (1 rank, same process): the exported
+  module's ``energies_and_gradients`` on the same graph (LAMMPS's current
+  positions, pairs within 6 Å from mlip_md's neighbour list): exactly the
+  work the plugin hands to torch.
+  Overhead = LAMMPS step / model call − 1 (target ≤ 15 %). The
   plugin also times its own model calls (``compute pair mlip``), which gives
   the overhead on the very same steps, immune to noise between time windows.
 * **ASE step** (1 rank, same process): ``MLIPCalculator.get_forces`` after a
@@ -122,19 +122,17 @@ def model_graph(lmp, exported):
 
 
 def time_model(exported, species, edge_index, vectors) -> float:
-    """Forward + backward of the exported module on one graph, as the plugin calls it."""
+    """Energies and edge gradients of the exported module on one graph, as the plugin calls it."""
     import torch
 
-    vectors = vectors.detach().requires_grad_(True)
     begin = time.perf_counter()
-    with torch.jit.optimized_execution(False):
-        energies = exported.module(species, edge_index, vectors)
-    torch.autograd.grad(energies[:, :].sum(), vectors)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        exported.module.energies_and_gradients(species, edge_index, vectors, species.shape[0])
     return time.perf_counter() - begin
 
 
 def one_rank(model: str, n_atoms: int, steps: int, repeats: int) -> dict:
-    """Interleaved LAMMPS steps, model forward+backward and ASE steps on one system."""
+    """Interleaved LAMMPS steps, model calls and ASE steps on one system."""
     import torch
     from ase import Atoms
 
@@ -164,7 +162,7 @@ def one_rank(model: str, n_atoms: int, steps: int, repeats: int) -> dict:
         ase_s.append(statistics.median(ase_times))
     sizes = graph_size(lmp)
     lmp.close()
-    return {"lammps_step_s": lammps_s, "model_inside_lammps_s": inside_s, "model_forward_backward_s": model_s,
+    return {"lammps_step_s": lammps_s, "model_inside_lammps_s": inside_s, "model_call_s": model_s,
             "ase_step_s": ase_s, **sizes}
 
 
@@ -201,13 +199,13 @@ def main() -> None:
             print(f"{n_atoms} atoms ...", flush=True)
             rows[n_atoms] = {"one_rank": one_rank(model, n_atoms, args.steps, args.repeats),
                              "two_ranks": two_ranks(model, n_atoms, args.steps, args.repeats)}
-    print(f"\n{'atoms':>6} {'LAMMPS 1 rank':>14} {'2 ranks':>10} {'model f+b':>10} {'ASE':>10} "
+    print(f"\n{'atoms':>6} {'LAMMPS 1 rank':>14} {'2 ranks':>10} {'model':>10} {'ASE':>10} "
           f"{'overhead':>9} {'LAMMPS/ASE':>11} {'2-rank eff':>11}   (atom-steps/s; µs/atom-step)")
     summary = {}
     for n_atoms, row in rows.items():
         t1 = statistics.median(row["one_rank"]["lammps_step_s"])
         t2 = statistics.median(row["two_ranks"]["step_s"])
-        model_t = statistics.median(row["one_rank"]["model_forward_backward_s"])
+        model_t = statistics.median(row["one_rank"]["model_call_s"])
         ase_t = statistics.median(row["one_rank"]["ase_step_s"])
         summary[n_atoms] = {
             "lammps_1_rank_atom_steps_per_s": n_atoms / t1, "lammps_2_ranks_atom_steps_per_s": n_atoms / t2,
@@ -222,7 +220,7 @@ def main() -> None:
             step / inside - 1 for step, inside in zip(row["one_rank"]["lammps_step_s"], row["one_rank"]["model_inside_lammps_s"]))
         # minima: the least noisy estimate of the cost itself on a shared machine
         summary[n_atoms]["plugin_overhead_from_minima"] = (
-            min(row["one_rank"]["lammps_step_s"]) / min(row["one_rank"]["model_forward_backward_s"]) - 1)
+            min(row["one_rank"]["lammps_step_s"]) / min(row["one_rank"]["model_call_s"]) - 1)
         summary[n_atoms]["lammps_over_ase_from_minima"] = (
             min(row["one_rank"]["ase_step_s"]) / min(row["one_rank"]["lammps_step_s"]))
         s = summary[n_atoms]
