@@ -123,26 +123,33 @@ class HIPNN(nn.Module):
         runs on blocks of atoms of about ``block_slots`` neighbour slots that
         stay in the CPU cache; only the sensitivities are kept between the
         passes. Needs the full (symmetric) neighbour list of the contract;
-        see :func:`mlip_md.model.layers.interaction_reverse`. About 2x faster
-        than autograd for energy + forces, and itself differentiable (a
-        Hessian is one autograd pass through it).
+        see :func:`mlip_md.model.layers.interaction_reverse`. Faster than
+        autograd for energy + forces, and itself differentiable (a Hessian is
+        one autograd pass through it).
         """
-        n_atoms, width = graph.neighbors.shape
-        block = max(1, block_slots // max(1, width))
-        starts = list(range(0, n_atoms, block))
+        block = max(1, block_slots // max(1, graph.neighbors.shape[1]))
+        energies, inputs, sensitivities, interaction_saved, dense_saved = self._forward_saving(graph, block)
+        radial_gradient = self._reverse(graph, block, n_owned, inputs, sensitivities, interaction_saved, dense_saved)
+        return energies, distance_gradient(radial_gradient, graph.distances, self.cutoff)
+
+    def _forward_saving(self, graph: PaddedNeighbors, block: int) -> Tuple[
+        torch.Tensor, List[torch.Tensor], List[List[torch.Tensor]], List[List[torch.Tensor]], List[List[torch.Tensor]]
+    ]:
+        """Forward pass keeping what :meth:`_reverse` needs, per interaction layer: its input
+        features ``[N, n_in]``; its sensitivities, block by block; f'(pre-activation),
+        V, V rearranged, the radial coefficients, W_self and the read-out weight; and per
+        dense layer its weight and f'(pre-activation). Returns the per-atom energies first."""
         energies = self.reference_energies[graph.species]
         features = nn.functional.one_hot(graph.species, self.n_species).to(self.reference_energies.dtype)
-        # Forward; per layer keeps its input features [N, n_in], the sensitivities
-        # of each block, f'(pre-activations) and the weights the reverse pass needs.
         inputs: List[torch.Tensor] = []
         sensitivities: List[List[torch.Tensor]] = []
-        interaction_saved: List[List[torch.Tensor]] = []  # f'(pre), V, V rearranged, coefficients, W_self, readout
-        dense_saved: List[List[torch.Tensor]] = []  # per dense layer: weight, f'(pre)
+        interaction_saved: List[List[torch.Tensor]] = []
+        dense_saved: List[List[torch.Tensor]] = []
         for interaction, dense, readout in zip(self.interactions, self.atom_layers, self.readouts):
             inputs.append(features)
             pre_blocks: List[torch.Tensor] = []
             sensitivity_blocks: List[torch.Tensor] = []
-            for start in starts:
+            for start in range(0, features.shape[0], block):
                 block_pre, block_sensitivities = interaction.pre_activation(
                     features, graph.neighbors[start : start + block], graph.radial_terms[start : start + block],
                     features[start : start + block],
@@ -156,12 +163,8 @@ class HIPNN(nn.Module):
                 interaction.interaction_weights, interaction.sensitivity.coefficients()
             )
             interaction_saved.append([
-                interaction.activation.derivative(pre, features),
-                interaction.interaction_weights,
-                transposed,
-                radial_coefficients,
-                interaction.self_interaction.weight,
-                readout.weight,
+                interaction.activation.derivative(pre, features), interaction.interaction_weights, transposed,
+                radial_coefficients, interaction.self_interaction.weight, readout.weight,
             ])
             layer_saved: List[torch.Tensor] = []
             for layer in dense:
@@ -174,10 +177,24 @@ class HIPNN(nn.Module):
                     layer_saved.append(layer.weight)
             dense_saved.append(layer_saved)
             energies = energies + readout(features).squeeze(-1)
-        # Reverse, last layer first; `gradient` is ∂E/∂(layer output features) [N, n_features].
-        owned = (torch.arange(n_atoms, device=energies.device) < n_owned).to(energies.dtype).unsqueeze(1)
-        radial_gradient = torch.zeros(3, n_atoms, width, dtype=energies.dtype, device=energies.device)
-        gradient = torch.zeros_like(features)
+        return energies, inputs, sensitivities, interaction_saved, dense_saved
+
+    def _reverse(
+        self,
+        graph: PaddedNeighbors,
+        block: int,
+        n_owned: int,
+        inputs: List[torch.Tensor],
+        sensitivities: List[List[torch.Tensor]],
+        interaction_saved: List[List[torch.Tensor]],
+        dense_saved: List[List[torch.Tensor]],
+    ) -> torch.Tensor:
+        """Reverse pass, last layer first: ∂E/∂(1/r², 1/r, log φ_cut) ``[3, N, K]``."""
+        n_atoms, width = graph.neighbors.shape
+        dtype, device = graph.radial_terms.dtype, graph.radial_terms.device
+        owned = (torch.arange(n_atoms, device=device) < n_owned).to(dtype).unsqueeze(1)
+        radial_gradient = torch.zeros(3, n_atoms, width, dtype=dtype, device=device)
+        gradient = torch.zeros(n_atoms, 1, dtype=dtype, device=device)  # ∂E/∂(layer output features)
         for level in range(len(inputs) - 1, -1, -1):
             activation_derivative, weights, transposed, radial_coefficients, self_weight, readout_weight = (
                 interaction_saved[level]
@@ -189,7 +206,7 @@ class HIPNN(nn.Module):
             pre_gradient = gradient * activation_derivative  # [N, n_out]
             radial_blocks: List[torch.Tensor] = []
             neighbor_parts: List[torch.Tensor] = []
-            for index, start in enumerate(starts):
+            for index, start in enumerate(range(0, n_atoms, block)):
                 radial, neighbor_part = interaction_reverse(
                     pre_gradient, inputs[level], start, graph.neighbors[start : start + block],
                     sensitivities[level][index], weights, transposed, radial_coefficients, level > 0,
@@ -198,9 +215,9 @@ class HIPNN(nn.Module):
                 neighbor_parts.append(neighbor_part)
             radial_gradient = radial_gradient + torch.cat(radial_blocks, dim=1)
             if level > 0:
-                # ∂E/∂(input features): self-interaction part plus neighbour part
+                # self-interaction part plus neighbour part
                 gradient = pre_gradient @ self_weight + torch.cat(neighbor_parts)
-        return energies, distance_gradient(radial_gradient, graph.distances, self.cutoff)
+        return radial_gradient
 
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor

@@ -93,7 +93,7 @@ def gather_neighbors(features: torch.Tensor, neighbors: torch.Tensor) -> torch.T
         # eager mode and has a batching rule for the Hessian's batched backward.
         index = neighbors.reshape(-1, 1).expand(-1, features.shape[1])
         return torch.gather(features, 0, index).view(n_block, width, features.shape[1])
-    # Otherwise index_select: ~4x faster forward.
+    # Otherwise index_select, the fastest forward gather.
     return features.index_select(0, neighbors.reshape(-1)).view(n_block, width, features.shape[1])
 
 
