@@ -27,7 +27,11 @@ Calculators (same architecture, random weights):
   its (6 Å) neighbour list on every call, as ours does.
 
 ``MLIPCalculator`` applies :func:`mlip_md.tuning.keep_freed_memory` when it
-is created; the setting is process-wide, so hippynn runs with it too.
+is created; the setting is process-wide, so hippynn runs with it too. To show
+hippynn as its users run it, ``hippynn f32/f64, own process`` repeat the two
+hippynn measurements afterwards in a fresh Python process (this script with
+``--hippynn-worker``) where no mlip_md calculator exists, so glibc's malloc
+keeps its defaults. These rows are not interleaved with ours.
 
 Before every call the atoms are moved by a random displacement (σ = 1e-3 Å,
 the same for every calculator) so nothing is served from a cache. Each
@@ -53,7 +57,10 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"  # before torch is imported
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -230,13 +237,42 @@ def measure_size(n_atoms: int, factories: dict, repeats: int, rng: np.random.Gen
     return result
 
 
+def hippynn_own_process(sizes: list, repeats: int) -> dict:
+    """{n_atoms: {"median"|"min": {label: µs per atom-step}}} of hippynn measured by a fresh process."""
+    command = [sys.executable, __file__, "--hippynn-worker", "--repeats", str(repeats), "--sizes", *map(str, sizes)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return {int(n): costs for n, costs in json.loads(output.splitlines()[-1]).items()}
+
+
+def hippynn_worker(sizes: list, repeats: int) -> None:
+    """Prints, as one JSON line, hippynn's µs per atom-step in this process (no mlip_md calculator)."""
+    factories = {
+        "hippynn f32, own process": lambda: hippynn_calculator("float32", skin=1.0),
+        "hippynn f64, own process": lambda: hippynn_calculator("float64", skin=1.0),
+    }
+    rng = np.random.default_rng(SEED)
+    result = {}
+    for n_atoms in sizes:
+        systems = {}
+        for label, make in factories.items():
+            systems[label] = fcc_aluminium(n_atoms)
+            systems[label].calc = make()
+        times = time_steps(systems, repeats, rng)
+        result[n_atoms] = {
+            "median": {label: 1e6 * statistics.median(t) / n_atoms for label, t in times.items()},
+            "min": {label: 1e6 * min(t) / n_atoms for label, t in times.items()},
+        }
+    print(json.dumps(result))
+
+
 # -- summary and output -----------------------------------------------------------
 
 
 def summarise(per_size: list) -> dict:
     """Ratios hippynn/ours per size, neighbour-list fractions and growth with size."""
     summary = {"ratio_hippynn_over_ours": {}, "ours_nl_fraction_of_step": {}, "growth_largest_over_smallest": {}}
-    pairs = [("hippynn f32", "ours f32"), ("hippynn f64", "ours f64"), ("hippynn f32 skin=0", "ours f32 skin=0")]
+    pairs = [("hippynn f32", "ours f32"), ("hippynn f64", "ours f64"), ("hippynn f32 skin=0", "ours f32 skin=0"),
+             ("hippynn f32, own process", "ours f32"), ("hippynn f64, own process", "ours f64")]
     for size in per_size:
         cost = size["us_per_atom_step"]
         n = str(size["n_atoms"])
@@ -288,6 +324,7 @@ def parse_arguments():
     parser.add_argument("--sizes", type=int, nargs="+", default=[108, 500, 2048], help="atom counts, 4k³ each")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per calculator and size")
     parser.add_argument("--no-hippynn", action="store_true", help="measure mlip_md only")
+    parser.add_argument("--hippynn-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for n_atoms in args.sizes:
         replication(n_atoms)
@@ -296,6 +333,10 @@ def parse_arguments():
 
 def main():
     args = parse_arguments()
+    if args.hippynn_worker:
+        import_hippynn()
+        hippynn_worker(sorted(args.sizes), args.repeats)
+        return
     hippynn_version = None if args.no_hippynn else import_hippynn()
     info = environment(hippynn_version)
     hippynn_text = "not measured"
@@ -308,6 +349,10 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         factories = calculator_factories(export_ours(directory), hippynn_version is not None)
         per_size = [measure_size(n, factories, args.repeats, rng) for n in sorted(args.sizes)]
+    if hippynn_version is not None:
+        for size, costs in zip(per_size, hippynn_own_process(sorted(args.sizes), args.repeats).values()):
+            size["us_per_atom_step"].update(costs["median"])
+            size["us_per_atom_step_min"].update(costs["min"])
     summary = summarise(per_size)
     print_table(per_size, summary)
     info["load_average_at_end"] = os.getloadavg()

@@ -6,7 +6,8 @@ For a float64 export of a random-weight ``mlip_md.HIPNN`` (species C, H, O, N;
 2 interaction blocks, 20 features, 20 sensitivities, 3 atom layers, cutoff
 5 Å) served by ``mlip_md.MLIPCalculator``, one CPU thread:
 
-* ``analytic``: ``calc.get_hessian(atoms)`` (batched double backward);
+* ``analytic``: ``calc.get_hessian(atoms)`` (batched backward passes through
+  the exported module's hand-written gradient);
 * ``finite differences``: H[:, k] = −(F(x + h e_k) − F(x − h e_k)) / 2h over
   all 3N coordinates, i.e. 6N ``get_forces()`` calls of the same calculator,
   h = ``--step`` Å (default 1e-4: in float64 the truncation error, O(h²),

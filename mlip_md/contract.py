@@ -23,7 +23,7 @@ Methods
         → (``[M, N]`` per-atom energies in eV, ``[M, E, 3]`` g_e = ∂E_m/∂r_e
         in eV/Å) for E_m = Σ_{i < n_owned} E_{m,i} (all atoms if
         ``n_owned < 0``), from a hand-written reverse pass: no autograd graph,
-        ~2x faster than autograd of ``forward``, and itself differentiable
+        faster than autograd of ``forward``, and itself differentiable
         (Hessians). Its reverse pass uses the symmetry of the full list; it is
         exact as long as every atom within ``n_interactions − 1`` edges of
         an atom ``i < n_owned`` has all its edges in the list (always true

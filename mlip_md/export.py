@@ -40,7 +40,6 @@ class DeployedEnsemble(nn.Module):
             energies.append(member.level_energies(layout).sum(0))
         return torch.stack(energies)
 
-
     @torch.jit.export
     def energies_and_gradients(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_owned: int = -1
@@ -54,10 +53,9 @@ class DeployedEnsemble(nn.Module):
             n_owned = species.shape[0]
         n_edges = edge_vectors.shape[0]
         distances = torch.linalg.vector_norm(edge_vectors, dim=1)
-        keep = distances < self.cutoff
-        kept = torch.empty(0, dtype=torch.long, device=edge_vectors.device)
-        if not bool(keep.all()):
-            kept = torch.nonzero(keep).squeeze(1)
+        # Edges beyond the cutoff contribute exactly zero: dropped, their gradients set to 0 below.
+        kept = torch.nonzero(distances < self.cutoff).squeeze(1)
+        if kept.shape[0] < n_edges:
             edge_index = edge_index.index_select(1, kept)
             edge_vectors = edge_vectors.index_select(0, kept)
             distances = distances.index_select(0, kept)
@@ -69,7 +67,7 @@ class DeployedEnsemble(nn.Module):
             energies.append(member_energies)
             distance_gradients.append(member_gradients)
         gradients = edge_gradients(torch.stack(distance_gradients), layout, edge_vectors)  # [M, E_kept, 3]
-        if kept.numel() > 0 or n_edges > edge_vectors.shape[0]:
+        if kept.shape[0] < n_edges:
             gradients = gradients.new_zeros(gradients.shape[0], n_edges, 3).index_copy(1, kept, gradients)
         return torch.stack(energies), gradients
 

@@ -124,7 +124,8 @@ def edge_gradients(
 ) -> torch.Tensor:
     """∂E_m/∂r_e ``[M, E, 3]`` from ∂E_m/∂r ``[M, N, K]`` in the padded layout: g_e = ∂E/∂r · r_e / r."""
     n_members = distance_gradients.shape[0]
-    per_edge = distance_gradients.reshape(n_members, graph.distances.numel()).index_select(1, graph.edge_slots)  # [M, E]
+    flat = distance_gradients.reshape(n_members, graph.distances.numel())  # [M, N K]
+    per_edge = flat.index_select(1, graph.edge_slots)  # [M, E]
     distances = graph.distances.reshape(-1).index_select(0, graph.edge_slots)  # [E]
     directions = edge_vectors / distances.unsqueeze(1)  # [E, 3]
     return per_edge.unsqueeze(-1) * directions

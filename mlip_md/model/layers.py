@@ -54,11 +54,6 @@ class CELU(nn.CELU):
         return torch.where(x > 0, torch.ones_like(x), y + 1.0)
 
 
-def is_narrow(n_in: int) -> bool:
-    """Input widths up to 4 (species one-hots) take masked sums instead of batched products."""
-    return n_in <= 4
-
-
 ACTIVATIONS = {"softplus": Softplus, "silu": SiLU, "tanh": Tanh, "celu": CELU}
 
 
@@ -95,6 +90,11 @@ def gather_neighbors(features: torch.Tensor, neighbors: torch.Tensor) -> torch.T
         return torch.gather(features, 0, index).view(n_block, width, features.shape[1])
     # Otherwise index_select, the fastest forward gather.
     return features.index_select(0, neighbors.reshape(-1)).view(n_block, width, features.shape[1])
+
+
+def is_narrow(n_in: int) -> bool:
+    """Input widths up to 4 (species one-hots) take masked sums instead of batched products."""
+    return n_in <= 4
 
 
 def neighbor_sum(sensitivities: torch.Tensor, neighbor_features: torch.Tensor) -> torch.Tensor:
