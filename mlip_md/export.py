@@ -25,17 +25,28 @@ class DeployedEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.cutoff = members[0].cutoff
 
+    def _within_cutoff(
+        self, edge_index: torch.Tensor, edge_vectors: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The edges shorter than the cutoff: (edge_index, edge_vectors, distances, kept positions).
+
+        Edges beyond the cutoff contribute exactly zero; dropping them first
+        keeps the padded layout small when a caller passes a skin.
+        """
+        distances = torch.linalg.vector_norm(edge_vectors, dim=1)
+        kept = torch.nonzero(distances < self.cutoff).squeeze(1)
+        if kept.shape[0] < distances.shape[0]:
+            edge_index = edge_index.index_select(1, kept)
+            edge_vectors = edge_vectors.index_select(0, kept)
+            distances = distances.index_select(0, kept)
+        return edge_index, edge_vectors, distances, kept
+
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
     ) -> torch.Tensor:
-        # Edges beyond the cutoff contribute exactly zero; dropping them first
-        # keeps the padded layout small when a caller passes a skin.
-        keep = torch.linalg.vector_norm(edge_vectors, dim=1) < self.cutoff
-        if not bool(keep.all()):
-            edge_index = edge_index[:, keep]
-            edge_vectors = edge_vectors[keep]
+        edge_index, _, distances, _ = self._within_cutoff(edge_index, edge_vectors)
+        layout = pad_neighbors(species, edge_index, distances, self.cutoff)
         energies: List[torch.Tensor] = []
-        layout = self.members[0].neighbor_layout(species, edge_index, edge_vectors)
         for member in self.members:
             energies.append(member.level_energies(layout).sum(0))
         return torch.stack(energies)
@@ -52,13 +63,7 @@ class DeployedEnsemble(nn.Module):
         if n_owned < 0:
             n_owned = species.shape[0]
         n_edges = edge_vectors.shape[0]
-        distances = torch.linalg.vector_norm(edge_vectors, dim=1)
-        # Edges beyond the cutoff contribute exactly zero: dropped, their gradients set to 0 below.
-        kept = torch.nonzero(distances < self.cutoff).squeeze(1)
-        if kept.shape[0] < n_edges:
-            edge_index = edge_index.index_select(1, kept)
-            edge_vectors = edge_vectors.index_select(0, kept)
-            distances = distances.index_select(0, kept)
+        edge_index, edge_vectors, distances, kept = self._within_cutoff(edge_index, edge_vectors)
         layout = pad_neighbors(species, edge_index, distances, self.cutoff)
         energies: List[torch.Tensor] = []
         distance_gradients: List[torch.Tensor] = []
@@ -67,7 +72,7 @@ class DeployedEnsemble(nn.Module):
             energies.append(member_energies)
             distance_gradients.append(member_gradients)
         gradients = edge_gradients(torch.stack(distance_gradients), layout, edge_vectors)  # [M, E_kept, 3]
-        if kept.shape[0] < n_edges:
+        if kept.shape[0] < n_edges:  # dropped edges: gradient 0
             gradients = gradients.new_zeros(gradients.shape[0], n_edges, 3).index_copy(1, kept, gradients)
         return torch.stack(energies), gradients
 

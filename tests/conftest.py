@@ -9,6 +9,7 @@ from ase import Atoms
 
 import mlip_md
 from mlip_md.data.generate import finite_difference_hessian
+from mlip_md.neighbors import neighbor_list
 
 
 def make_model(species=("Al", "Cu"), seed=0, readout_scale=40.0, repulsive=False, **kwargs) -> mlip_md.HIPNN:
@@ -54,6 +55,14 @@ def random_cell(symbols=("Al", "Cu"), n_atoms=12, seed=1, min_distance=2.0) -> A
             positions.append(trial)
     names = [symbols[k % len(symbols)] for k in range(n_atoms)]
     return Atoms(names, positions=positions, cell=cell, pbc=True)
+
+
+def graph_inputs(atoms: Atoms, cutoff: float = 6.0, species=("Al", "Cu"), dtype=torch.float64):
+    """Model inputs of ``atoms``: species indices, a full edge list within ``cutoff`` and its edge vectors."""
+    neighbors = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, cutoff)
+    index = {s: k for k, s in enumerate(species)}
+    species_index = torch.tensor([index[s] for s in atoms.get_chemical_symbols()])
+    return species_index, torch.from_numpy(neighbors.edge_index), torch.tensor(neighbors.vectors, dtype=dtype)
 
 
 def numeric_forces(atoms: Atoms, h: float = 1e-4) -> np.ndarray:

@@ -7,22 +7,9 @@ import pytest
 import torch
 
 import mlip_md
-from conftest import make_model, random_cell
+from conftest import graph_inputs, make_model, random_cell
 from mlip_md.model.graph import EXPONENT_FLOOR, LOG2_E, log_cutoff_envelope
 from mlip_md.model.layers import InverseSensitivity
-from mlip_md.neighbors import neighbor_list
-
-
-def _inputs(atoms, species=("Al", "Cu"), dtype=torch.float64):
-    neighbors = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 6.0)
-    vectors = (
-        atoms.positions[neighbors.edge_index[1]]
-        - atoms.positions[neighbors.edge_index[0]]
-        + neighbors.shifts @ atoms.cell[:]
-    )
-    index = {s: k for k, s in enumerate(species)}
-    species_index = torch.tensor([index[s] for s in atoms.get_chemical_symbols()])
-    return species_index, torch.from_numpy(neighbors.edge_index), torch.tensor(vectors, dtype=dtype)
 
 
 def test_public_constructor_names():
@@ -37,7 +24,7 @@ def test_public_constructor_names():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_output_shapes_and_dtypes(dtype):
     model = make_model().to(dtype)
-    species, edge_index, vectors = _inputs(random_cell(), dtype=dtype)
+    species, edge_index, vectors = graph_inputs(random_cell(), dtype=dtype)
     energies = model(species, edge_index, vectors)
     assert energies.shape == (12,) and energies.dtype == dtype
     layout = model.neighbor_layout(species, edge_index, vectors)
@@ -50,7 +37,7 @@ def test_output_shapes_and_dtypes(dtype):
 
 def test_edge_order_does_not_matter():
     model = make_model().double()
-    species, edge_index, vectors = _inputs(random_cell())
+    species, edge_index, vectors = graph_inputs(random_cell())
     permutation = torch.randperm(edge_index.shape[1], generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(
         model(species, edge_index, vectors),
@@ -100,7 +87,7 @@ def test_hierarchicality_regulariser():
 
 def test_eager_scripted_and_reloaded_agree():
     model = make_model().double()
-    species, edge_index, vectors = _inputs(random_cell())
+    species, edge_index, vectors = graph_inputs(random_cell())
     eager = model(species, edge_index, vectors)
     scripted = torch.jit.script(model)
     buffer = io.BytesIO()

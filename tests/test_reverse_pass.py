@@ -4,19 +4,10 @@ import pytest
 import torch
 
 import mlip_md
-from conftest import make_model, random_cell
+from conftest import graph_inputs, make_model, random_cell
 from mlip_md.contract import load_exported
 from mlip_md.model.graph import radial_terms_of
 from mlip_md.model.layers import ACTIVATIONS
-from mlip_md.neighbors import neighbor_list
-
-
-def _graph(atoms, cutoff, species=("Al", "Cu")):
-    """Species indices, edge index and float64 edge vectors of a full list within ``cutoff``."""
-    neighbors = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, cutoff)
-    index = {s: k for k, s in enumerate(species)}
-    species_index = torch.tensor([index[s] for s in atoms.get_chemical_symbols()])
-    return species_index, torch.from_numpy(neighbors.edge_index), torch.from_numpy(neighbors.vectors)
 
 
 def _autograd_distance_gradients(model, layout, n_owned):
@@ -34,7 +25,7 @@ def test_distance_gradients_match_autograd_over_many_blocks(activation, n_featur
     # 3 features puts layers 2 and 3 on the narrow (masked-sum) path, 12 on batched products.
     model = make_model(n_interactions=3, n_features=n_features, n_sensitivities=7, activation=activation).double()
     atoms = random_cell() * (2, 2, 1)
-    species, edge_index, vectors = _graph(atoms, model.cutoff)
+    species, edge_index, vectors = graph_inputs(atoms, model.cutoff)
     layout = model.neighbor_layout(species, edge_index, vectors)
     for n_owned in (len(atoms), 17):
         expected_energies, expected = _autograd_distance_gradients(model, layout, n_owned)
@@ -50,7 +41,7 @@ def test_exported_edge_gradients_match_autograd(tmp_path):
     module = load_exported(mlip_md.export(members, tmp_path / "ensemble.pt")).module
     atoms = random_cell()
     # A 7.5 Å list for a 6 Å model: the module drops the longer edges itself.
-    species, edge_index, vectors = _graph(atoms, 7.5)
+    species, edge_index, vectors = graph_inputs(atoms, 7.5)
     assert (vectors.norm(dim=1) >= 6.0).any()
     energies, gradients = module.energies_and_gradients(species, edge_index, vectors)
     vectors = vectors.clone().requires_grad_(True)
@@ -64,7 +55,7 @@ def test_exported_edge_gradients_match_autograd(tmp_path):
 
 def test_exported_float32_edge_gradients(tmp_path):
     module = load_exported(mlip_md.export(make_model(), tmp_path / "f32.pt", dtype="float32")).module
-    species, edge_index, vectors = _graph(random_cell(), 6.0)
+    species, edge_index, vectors = graph_inputs(random_cell())
     _, gradients = module.energies_and_gradients(species, edge_index, vectors.float())
     vectors = vectors.float().requires_grad_(True)
     (expected,) = torch.autograd.grad(module(species, edge_index, vectors).sum(), vectors)

@@ -147,21 +147,20 @@ class HIPNN(nn.Module):
         dense_saved: List[List[torch.Tensor]] = []
         for interaction, dense, readout in zip(self.interactions, self.atom_layers, self.readouts):
             inputs.append(features)
+            coefficients = interaction.sensitivity.coefficients()
             pre_blocks: List[torch.Tensor] = []
             sensitivity_blocks: List[torch.Tensor] = []
             for start in range(0, features.shape[0], block):
                 block_pre, block_sensitivities = interaction.pre_activation(
                     features, graph.neighbors[start : start + block], graph.radial_terms[start : start + block],
-                    features[start : start + block],
+                    features[start : start + block], coefficients,
                 )
                 pre_blocks.append(block_pre)
                 sensitivity_blocks.append(block_sensitivities)
             sensitivities.append(sensitivity_blocks)
             pre = torch.cat(pre_blocks)
             features = interaction.activation(pre)
-            transposed, radial_coefficients = reverse_weights(
-                interaction.interaction_weights, interaction.sensitivity.coefficients()
-            )
+            transposed, radial_coefficients = reverse_weights(interaction.interaction_weights, coefficients)
             interaction_saved.append([
                 interaction.activation.derivative(pre, features), interaction.interaction_weights, transposed,
                 radial_coefficients, interaction.self_interaction.weight, readout.weight,

@@ -190,22 +190,32 @@ class Interaction(nn.Module):
         self.activation = make_activation(activation)
 
     def pre_activation(
-        self, features: torch.Tensor, neighbors: torch.Tensor, radial_terms: torch.Tensor, own_features: torch.Tensor
+        self,
+        features: torch.Tensor,
+        neighbors: torch.Tensor,
+        radial_terms: torch.Tensor,
+        own_features: torch.Tensor,
+        coefficients: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Pre-activation ``[B, n_out]`` and sensitivities ``[B, K, n_sens]`` of B atoms
         (a block of rows of the padded layout).
 
         ``features`` ``[N, n_in]`` of all atoms, ``neighbors`` ``[B, K]`` and
-        ``radial_terms`` ``[B, K, 4]`` of the block, ``own_features`` ``[B, n_in]``.
+        ``radial_terms`` ``[B, K, 4]`` of the block, ``own_features`` ``[B, n_in]``,
+        ``coefficients`` this layer's ``self.sensitivity.coefficients()`` (computed
+        once by the caller, not once per block).
         """
-        sensitivities = self.sensitivity(radial_terms)  # [B, K, n_sens]
+        sensitivities = sensitivities_from(radial_terms, coefficients)  # [B, K, n_sens]
         environment = neighbor_sum(sensitivities, gather_neighbors(features, neighbors))  # [B, n_in, n_sens]
         interaction = environment.reshape(neighbors.shape[0], -1) @ self.interaction_weights  # [B, n_out]
         return interaction + self.self_interaction(own_features), sensitivities
 
     def forward(self, features: torch.Tensor, graph: PaddedNeighbors) -> torch.Tensor:
         """``features`` ``[N, n_in]`` → ``[N, n_out]``."""
-        return self.activation(self.pre_activation(features, graph.neighbors, graph.radial_terms, features)[0])
+        coefficients = self.sensitivity.coefficients()
+        return self.activation(
+            self.pre_activation(features, graph.neighbors, graph.radial_terms, features, coefficients)[0]
+        )
 
 
 def reverse_weights(interaction_weights: torch.Tensor, coefficients: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
