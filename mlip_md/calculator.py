@@ -105,12 +105,17 @@ class MLIPCalculator(Calculator):
         return species
 
     def _check_contacts(self, atoms: Atoms, neighbors: Neighbors) -> None:
-        i, j = neighbors.edge_index
         radii = covalent_radii[atoms.numbers]
+        # Only edges shorter than the largest possible limit need the per-pair test.
+        candidates = np.flatnonzero(neighbors.distances < 2.0 * self.close_contact_factor * radii.max())
+        if candidates.size == 0:
+            return
+        i, j = neighbors.edge_index[:, candidates]
         limit = self.close_contact_factor * (radii[i] + radii[j])
-        close = np.flatnonzero((neighbors.distances < limit) & (i < j))
+        close = candidates[(neighbors.distances[candidates] < limit) & (i < j)]
         if close.size == 0:
             return
+        i, j = neighbors.edge_index
         if (neighbors.distances[close] < 1e-8).any():
             pair = close[np.argmin(neighbors.distances[close])]
             raise ValueError(f"atoms {i[pair]} and {j[pair]} sit on top of each other (distance 0)")

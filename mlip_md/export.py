@@ -6,7 +6,7 @@ import copy
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -27,19 +27,20 @@ class DeployedEnsemble(nn.Module):
 
     def _within_cutoff(
         self, edge_index: torch.Tensor, edge_vectors: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """The edges shorter than the cutoff: (edge_index, edge_vectors, distances, kept positions).
 
         Edges beyond the cutoff contribute exactly zero; dropping them first
-        keeps the padded layout small when a caller passes a skin.
+        keeps the padded layout small when a caller passes a skin. The kept
+        positions are None when every edge is kept.
         """
         distances = torch.linalg.vector_norm(edge_vectors, dim=1)
-        kept = torch.nonzero(distances < self.cutoff).squeeze(1)
-        if kept.shape[0] < distances.shape[0]:
-            edge_index = edge_index.index_select(1, kept)
-            edge_vectors = edge_vectors.index_select(0, kept)
-            distances = distances.index_select(0, kept)
-        return edge_index, edge_vectors, distances, kept
+        inside = distances < self.cutoff
+        if bool(inside.all()):
+            return edge_index, edge_vectors, distances, None
+        kept = torch.nonzero(inside).squeeze(1)
+        edge_index = edge_index.index_select(1, kept)
+        return edge_index, edge_vectors.index_select(0, kept), distances.index_select(0, kept), kept
 
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
@@ -72,7 +73,7 @@ class DeployedEnsemble(nn.Module):
             energies.append(member_energies)
             distance_gradients.append(member_gradients)
         gradients = edge_gradients(torch.stack(distance_gradients), layout, edge_vectors)  # [M, E_kept, 3]
-        if kept.shape[0] < n_edges:  # dropped edges: gradient 0
+        if kept is not None:  # dropped edges: gradient 0
             gradients = gradients.new_zeros(gradients.shape[0], n_edges, 3).index_copy(1, kept, gradients)
         return torch.stack(energies), gradients
 

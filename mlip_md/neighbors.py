@@ -33,16 +33,6 @@ class Neighbors:
     def n_edges(self) -> int:
         return int(self.edge_index.shape[1])
 
-    def select(self, mask: np.ndarray) -> "Neighbors":
-        """The edges where ``mask`` is true (order, hence sorting, kept)."""
-        keep = np.flatnonzero(mask)  # np.take is several times faster than boolean masks
-        return Neighbors(
-            self.edge_index.take(keep, axis=1),
-            self.shifts.take(keep, axis=0),
-            self.distances.take(keep),
-            self.vectors.take(keep, axis=0),
-        )
-
 
 def _binning_box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """A non-degenerate box for vesin.
@@ -110,7 +100,9 @@ class VerletList:
         self.n_builds = 0
         self._list: Neighbors | None = None
         self._reference: tuple | None = None  # positions, cell, pbc at the last build
-        self._shift_vectors: np.ndarray | None = None  # [E, 3] shifts @ cell
+        # Per Cartesian component, contiguous: [3, E] shifts @ cell. The update
+        # works component by component on 1-D arrays, ~2x faster than on [E, 3].
+        self._shift_components: np.ndarray | None = None
 
     def _stale(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
         if self._list is None or self.skin == 0:
@@ -131,11 +123,22 @@ class VerletList:
         if self._stale(positions, cell, pbc):
             self._list = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
             self._reference = (positions.copy(), cell, pbc)
-            self._shift_vectors = self._list.shifts @ cell
+            self._shift_components = np.ascontiguousarray((self._list.shifts @ cell).T)
             self.n_builds += 1
         edges = self._list
         i, j = edges.edge_index
-        vectors = positions.take(j, axis=0) - positions.take(i, axis=0) + self._shift_vectors
-        distances = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
-        current = Neighbors(edges.edge_index, edges.shifts, distances, vectors)
-        return current.select(distances < self.cutoff)
+        components = np.ascontiguousarray(positions.T)  # [3, N]
+        vectors = np.empty((3, edges.n_edges))  # r_ij = x_j - x_i + shifts @ cell, by component
+        for axis in range(3):
+            np.take(components[axis], j, out=vectors[axis])
+            vectors[axis] -= components[axis].take(i)
+        vectors += self._shift_components
+        squares = np.einsum("ij,ij->j", vectors, vectors)
+        keep = np.flatnonzero(squares < self.cutoff * self.cutoff)
+        kept_vectors = np.empty((keep.size, 3))
+        for axis in range(3):
+            np.take(vectors[axis], keep, out=kept_vectors[:, axis])
+        return Neighbors(
+            edges.edge_index.take(keep, axis=1), edges.shifts.take(keep, axis=0), np.sqrt(squares.take(keep)),
+            kept_vectors,
+        )

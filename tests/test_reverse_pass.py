@@ -22,10 +22,22 @@ def _autograd_distance_gradients(model, layout, n_owned):
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("n_features", [3, 12])
 def test_distance_gradients_match_autograd_over_many_blocks(activation, n_features):
-    # 3 features puts layers 2 and 3 on the narrow (masked-sum) path, 12 on batched products.
+    # 3 features gives layers 2 and 3 narrow inputs, 12 wide ones; the pass
+    # under test runs without autograd, where both take batched products.
     model = make_model(n_interactions=3, n_features=n_features, n_sensitivities=7, activation=activation).double()
-    atoms = random_cell() * (2, 2, 1)
-    species, edge_index, vectors = graph_inputs(atoms, model.cutoff)
+    _check_against_autograd(model, random_cell() * (2, 2, 1), ("Al", "Cu"))
+
+
+@pytest.mark.parametrize("symbols", [("Al",), ("C", "H", "N", "O")])
+def test_distance_gradients_match_autograd_for_one_and_four_species(symbols):
+    # The first layer's input is the species one-hot: 1 wide (broadcast
+    # products) or 4 wide (batched products) here, 2 wide above.
+    model = make_model(species=symbols, n_interactions=2, n_features=6, n_sensitivities=5).double()
+    _check_against_autograd(model, random_cell(symbols=symbols) * (2, 2, 1), symbols)
+
+
+def _check_against_autograd(model, atoms, symbols):
+    species, edge_index, vectors = graph_inputs(atoms, model.cutoff, species=symbols)
     layout = model.neighbor_layout(species, edge_index, vectors)
     for n_owned in (len(atoms), 17):
         expected_energies, expected = _autograd_distance_gradients(model, layout, n_owned)

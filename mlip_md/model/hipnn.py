@@ -189,10 +189,11 @@ class HIPNN(nn.Module):
         dense_saved: List[List[torch.Tensor]],
     ) -> torch.Tensor:
         """Reverse pass, last layer first: ∂E/∂(1/r², 1/r, log φ_cut) ``[3, N, K]``."""
-        n_atoms, width = graph.neighbors.shape
+        n_atoms = graph.neighbors.shape[0]
         dtype, device = graph.radial_terms.dtype, graph.radial_terms.device
         owned = (torch.arange(n_atoms, device=device) < n_owned).to(dtype).unsqueeze(1)
-        radial_gradient = torch.zeros(3, n_atoms, width, dtype=dtype, device=device)
+        # Summed over the levels block by block, while each block is still in cache.
+        radial_blocks: List[torch.Tensor] = []
         gradient = torch.zeros(n_atoms, 1, dtype=dtype, device=device)  # ∂E/∂(layer output features)
         for level in range(len(inputs) - 1, -1, -1):
             activation_derivative, weights, transposed, radial_coefficients, self_weight, readout_weight = (
@@ -203,20 +204,21 @@ class HIPNN(nn.Module):
             for index in range(len(layer_saved) - 2, -1, -2):
                 gradient = (gradient * layer_saved[index + 1]) @ layer_saved[index]
             pre_gradient = gradient * activation_derivative  # [N, n_out]
-            radial_blocks: List[torch.Tensor] = []
             neighbor_parts: List[torch.Tensor] = []
             for index, start in enumerate(range(0, n_atoms, block)):
                 radial, neighbor_part = interaction_reverse(
                     pre_gradient, inputs[level], start, graph.neighbors[start : start + block],
                     sensitivities[level][index], weights, transposed, radial_coefficients, level > 0,
                 )
-                radial_blocks.append(radial)
+                if level == len(inputs) - 1:
+                    radial_blocks.append(radial)
+                else:
+                    radial_blocks[index] = radial_blocks[index] + radial
                 neighbor_parts.append(neighbor_part)
-            radial_gradient = radial_gradient + torch.cat(radial_blocks, dim=1)
             if level > 0:
                 # self-interaction part plus neighbour part
                 gradient = pre_gradient @ self_weight + torch.cat(neighbor_parts)
-        return radial_gradient
+        return torch.cat(radial_blocks, dim=1)
 
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor

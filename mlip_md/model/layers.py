@@ -76,6 +76,9 @@ def sensitivities_from(
     exponent clamped at ``floor`` (see :data:`mlip_md.model.graph.EXPONENT_FLOOR`).
     """
     exponents = radial_terms @ (coefficients * log2_e)
+    if not exponents.requires_grad:
+        # In place: one [..., K, n_sens] buffer instead of three (less cache traffic).
+        return exponents.clamp_min_(floor).exp2_()
     # threshold == clamp_min here; its eager-autograd backward (training) is ~3x faster.
     return torch.exp2(nn.functional.threshold(exponents, floor, floor))
 
@@ -93,17 +96,17 @@ def gather_neighbors(features: torch.Tensor, neighbors: torch.Tensor) -> torch.T
 
 
 def is_narrow(n_in: int) -> bool:
-    """Input widths up to 4 (species one-hots) take masked sums instead of batched products."""
+    """Input widths up to 4: the species one-hot of the first interaction layer."""
     return n_in <= 4
 
 
 def neighbor_sum(sensitivities: torch.Tensor, neighbor_features: torch.Tensor) -> torch.Tensor:
     """Σ_k s[i, k, ν] z[i, k, b]: ``[B, K, n_sens]``, ``[B, K, n_in]`` → ``[B, n_in, n_sens]``."""
     n_in = neighbor_features.shape[2]
-    if is_narrow(n_in):
-        # Narrow inputs (the species one-hot of the first layer): a batched
-        # product with an inner size this small is slow, above all its
-        # backward; a masked sum per input feature is not.
+    if is_narrow(n_in) and (sensitivities.requires_grad or neighbor_features.requires_grad):
+        # Under autograd, a batched product with an inner size this small has
+        # a slow backward (and no fast batching rule for the Hessian); a masked
+        # sum per input feature does not. Without autograd the product is faster.
         columns = [(sensitivities * neighbor_features[:, :, b : b + 1]).sum(1) for b in range(n_in)]
         return torch.stack(columns, dim=1)
     # Oriented so that the gradient of the sensitivities comes out contiguous.
@@ -114,7 +117,11 @@ def neighbor_sum_reverse(environment_gradient: torch.Tensor, neighbor_features: 
     """∂E/∂sensitivities ``[B, K, n_sens]`` from ∂E/∂environment ``[B, n_in, n_sens]`` (reverse of
     :func:`neighbor_sum`)."""
     n_in = neighbor_features.shape[2]
-    if is_narrow(n_in):
+    if n_in == 1 or (
+        is_narrow(n_in) and (environment_gradient.requires_grad or neighbor_features.requires_grad)
+    ):
+        # Broadcast products: faster than a batched product for one input
+        # feature, and under autograd for all narrow inputs (see neighbor_sum).
         gradient = neighbor_features[:, :, 0:1] * environment_gradient[:, 0:1, :]
         for b in range(1, n_in):
             gradient = gradient + neighbor_features[:, :, b : b + 1] * environment_gradient[:, b : b + 1, :]
@@ -269,7 +276,11 @@ def interaction_reverse(
     block_gradient = pre_gradient[start : start + n_block]
     environment_gradient = (block_gradient @ interaction_weights.t()).view(n_block, n_in, sensitivities.shape[2])
     sensitivity_gradient = neighbor_sum_reverse(environment_gradient, gather_neighbors(features, neighbors))
-    products = (sensitivity_gradient * sensitivities).view(n_block * width, sensitivities.shape[2])  # ∂E/∂exponent
+    if sensitivity_gradient.requires_grad:
+        products = sensitivity_gradient * sensitivities  # ∂E/∂exponent
+    else:
+        products = sensitivity_gradient.mul_(sensitivities)  # in place: a fresh buffer
+    products = products.view(n_block * width, sensitivities.shape[2])
     # The log2 e of the base-2 exponent cancels the ln 2 of d2^x/dx. Computed
     # transposed: ~2.5x faster than products @ coefficients.t().
     radial_gradient = torch.mm(radial_coefficients, products.t()).view(3, n_block, width)
