@@ -28,10 +28,12 @@ Calculators (same architecture, random weights):
 
 ``MLIPCalculator`` applies :func:`mlip_md.tuning.keep_freed_memory` when it
 is created; the setting is process-wide, so hippynn runs with it too. To show
-hippynn as its users run it, ``hippynn f32/f64, own process`` repeat the two
-hippynn measurements afterwards in a fresh Python process (this script with
+hippynn as its users run it, ``hippynn f32/f64, own process`` are the two
+hippynn calculators in a separate Python process (this script with
 ``--hippynn-worker``) where no mlip_md calculator exists, so glibc's malloc
-keeps its defaults. These rows are not interleaved with ours.
+keeps its defaults. That process waits on a pipe and makes its two calls
+when its turn in the rotation below comes, so its rows are interleaved with
+the others like every row.
 
 Before every call the atoms are moved by a random displacement (σ = 1e-3 Å,
 the same for every calculator) so nothing is served from a cache. Each
@@ -176,19 +178,29 @@ def timed_forces(atoms: ase.Atoms) -> float:
     return elapsed
 
 
-def time_steps(systems: dict, repeats: int, rng: np.random.Generator) -> dict:
-    """Interleaved step timings: {label: [seconds, ...]} (warm-up calls dropped)."""
-    labels = list(systems)
-    times = {label: [] for label in labels}
+OWN_PROCESS = "hippynn, own process"  # the worker's turn in the rotation of time_steps
+
+
+def time_steps(systems: dict, repeats: int, rng: np.random.Generator, worker=None) -> dict:
+    """Interleaved step timings: {label: [seconds, ...]} (warm-up calls dropped).
+
+    ``worker`` (a :class:`HippynnWorker` or None) takes one turn per repetition.
+    """
+    labels = list(systems) + ([OWN_PROCESS] if worker is not None else [])
+    times = {label: [] for label in systems}
     for repetition in range(WARMUP + repeats):
-        move = rng.normal(0.0, MOVE, size=(len(systems[labels[0]]), 3))
+        move = rng.normal(0.0, MOVE, size=(len(next(iter(systems.values()))), 3))
         rotation = repetition % len(labels)
         for label in labels[rotation:] + labels[:rotation]:
-            atoms = systems[label]
-            atoms.positions = atoms.positions + move
-            elapsed = timed_forces(atoms)
+            if label == OWN_PROCESS:
+                elapsed = worker.step()
+            else:
+                atoms = systems[label]
+                atoms.positions = atoms.positions + move
+                elapsed = {label: timed_forces(atoms)}
             if repetition >= WARMUP:
-                times[label].append(elapsed)
+                for name, seconds in elapsed.items():
+                    times.setdefault(name, []).append(seconds)
     return times
 
 
@@ -215,14 +227,14 @@ def neighbor_costs(atoms: ase.Atoms, hippynn_calc, repeats: int) -> dict:
     return costs
 
 
-def measure_size(n_atoms: int, factories: dict, repeats: int, rng: np.random.Generator) -> dict:
+def measure_size(n_atoms: int, factories: dict, repeats: int, rng: np.random.Generator, worker) -> dict:
     """All measurements for one system size."""
     base = fcc_aluminium(n_atoms)
     systems = {}
     for label, make in factories.items():
         systems[label] = base.copy()
         systems[label].calc = make()
-    times = time_steps(systems, repeats, rng)
+    times = time_steps(systems, repeats, rng, worker)
     result = {
         "n_atoms": n_atoms,
         "us_per_atom_step": {label: 1e6 * statistics.median(t) / n_atoms for label, t in times.items()},
@@ -237,32 +249,49 @@ def measure_size(n_atoms: int, factories: dict, repeats: int, rng: np.random.Gen
     return result
 
 
-def hippynn_own_process(sizes: list, repeats: int) -> dict:
-    """{n_atoms: {"median"|"min": {label: µs per atom-step}}} of hippynn measured by a fresh process."""
-    command = [sys.executable, __file__, "--hippynn-worker", "--repeats", str(repeats), "--sizes", *map(str, sizes)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return {int(n): costs for n, costs in json.loads(output.splitlines()[-1]).items()}
+class HippynnWorker:
+    """hippynn's calculators for one size in a separate process, driven over a pipe.
+
+    :meth:`step` asks it for one ``get_forces()`` of each of its calculators
+    and returns their wall times as measured there.
+    """
+
+    def __init__(self, n_atoms: int):
+        command = [sys.executable, __file__, "--hippynn-worker", "--sizes", str(n_atoms)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the hippynn worker process failed to start")
+
+    def step(self) -> dict:
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
-def hippynn_worker(sizes: list, repeats: int) -> None:
-    """Prints, as one JSON line, hippynn's µs per atom-step in this process (no mlip_md calculator)."""
+def hippynn_worker(n_atoms: int, channel) -> None:
+    """Serves :class:`HippynnWorker`: one call per calculator for every "step" line on stdin,
+    answered on ``channel`` (the pipe to the parent)."""
     factories = {
         "hippynn f32, own process": lambda: hippynn_calculator("float32", skin=1.0),
         "hippynn f64, own process": lambda: hippynn_calculator("float64", skin=1.0),
     }
+    systems = {}
+    for label, make in factories.items():
+        systems[label] = fcc_aluminium(n_atoms)
+        systems[label].calc = make()
     rng = np.random.default_rng(SEED)
-    result = {}
-    for n_atoms in sizes:
-        systems = {}
-        for label, make in factories.items():
-            systems[label] = fcc_aluminium(n_atoms)
-            systems[label].calc = make()
-        times = time_steps(systems, repeats, rng)
-        result[n_atoms] = {
-            "median": {label: 1e6 * statistics.median(t) / n_atoms for label, t in times.items()},
-            "min": {label: 1e6 * min(t) / n_atoms for label, t in times.items()},
-        }
-    print(json.dumps(result))
+    print("ready", file=channel, flush=True)
+    for _ in sys.stdin:
+        move = rng.normal(0.0, MOVE, size=(n_atoms, 3))
+        elapsed = {}
+        for label, atoms in systems.items():
+            atoms.positions = atoms.positions + move
+            elapsed[label] = timed_forces(atoms)
+        print(json.dumps(elapsed), file=channel, flush=True)
 
 
 # -- summary and output -----------------------------------------------------------
@@ -334,8 +363,9 @@ def parse_arguments():
 def main():
     args = parse_arguments()
     if args.hippynn_worker:
+        channel, sys.stdout = sys.stdout, sys.stderr  # anything hippynn prints stays off the pipe
         import_hippynn()
-        hippynn_worker(sorted(args.sizes), args.repeats)
+        hippynn_worker(args.sizes[0], channel)
         return
     hippynn_version = None if args.no_hippynn else import_hippynn()
     info = environment(hippynn_version)
@@ -348,11 +378,12 @@ def main():
     rng = np.random.default_rng(SEED)
     with tempfile.TemporaryDirectory() as directory:
         factories = calculator_factories(export_ours(directory), hippynn_version is not None)
-        per_size = [measure_size(n, factories, args.repeats, rng) for n in sorted(args.sizes)]
-    if hippynn_version is not None:
-        for size, costs in zip(per_size, hippynn_own_process(sorted(args.sizes), args.repeats).values()):
-            size["us_per_atom_step"].update(costs["median"])
-            size["us_per_atom_step_min"].update(costs["min"])
+        per_size = []
+        for n_atoms in sorted(args.sizes):
+            worker = HippynnWorker(n_atoms) if hippynn_version is not None else None
+            per_size.append(measure_size(n_atoms, factories, args.repeats, rng, worker))
+            if worker is not None:
+                worker.close()
     summary = summarise(per_size)
     print_table(per_size, summary)
     info["load_average_at_end"] = os.getloadavg()
