@@ -96,7 +96,7 @@ def gather_neighbors(features: torch.Tensor, neighbors: torch.Tensor) -> torch.T
 
 
 def is_narrow(n_in: int) -> bool:
-    """Input widths up to 4: the species one-hot of the first interaction layer."""
+    """Input widths up to 4: the species one-hot of the first interaction layer (or a very narrow hidden layer)."""
     return n_in <= 4
 
 
@@ -105,8 +105,8 @@ def neighbor_sum(sensitivities: torch.Tensor, neighbor_features: torch.Tensor) -
     n_in = neighbor_features.shape[2]
     if is_narrow(n_in) and (sensitivities.requires_grad or neighbor_features.requires_grad):
         # Under autograd, a batched product with an inner size this small has
-        # a slow backward (and no fast batching rule for the Hessian); a masked
-        # sum per input feature does not. Without autograd the product is faster.
+        # a slow backward; a masked sum per input feature does not. Without
+        # autograd the batched product is the faster one.
         columns = [(sensitivities * neighbor_features[:, :, b : b + 1]).sum(1) for b in range(n_in)]
         return torch.stack(columns, dim=1)
     # Oriented so that the gradient of the sensitivities comes out contiguous.
