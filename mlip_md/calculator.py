@@ -106,16 +106,13 @@ class MLIPCalculator(Calculator):
 
     def _check_contacts(self, atoms: Atoms, neighbors: Neighbors) -> None:
         radii = covalent_radii[atoms.numbers]
+        i, j = neighbors.edge_index
         # Only edges shorter than the largest possible limit need the per-pair test.
-        candidates = np.flatnonzero(neighbors.distances < 2.0 * self.close_contact_factor * radii.max())
-        if candidates.size == 0:
-            return
-        i, j = neighbors.edge_index[:, candidates]
-        limit = self.close_contact_factor * (radii[i] + radii[j])
-        close = candidates[(neighbors.distances[candidates] < limit) & (i < j)]
+        short = np.flatnonzero(neighbors.distances < 2.0 * self.close_contact_factor * radii.max())
+        limit = self.close_contact_factor * (radii[i[short]] + radii[j[short]])
+        close = short[(neighbors.distances[short] < limit) & (i[short] < j[short])]
         if close.size == 0:
             return
-        i, j = neighbors.edge_index
         if (neighbors.distances[close] < 1e-8).any():
             pair = close[np.argmin(neighbors.distances[close])]
             raise ValueError(f"atoms {i[pair]} and {j[pair]} sit on top of each other (distance 0)")

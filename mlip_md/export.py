@@ -72,7 +72,7 @@ class DeployedEnsemble(nn.Module):
             member_energies, member_gradients = member.energies_and_distance_gradients(layout, n_owned)
             energies.append(member_energies)
             distance_gradients.append(member_gradients)
-        gradients = edge_gradients(torch.stack(distance_gradients), layout, edge_vectors)  # [M, E_kept, 3]
+        gradients = edge_gradients(torch.stack(distance_gradients), layout, edge_vectors, distances)  # [M, E_kept, 3]
         if kept is not None:  # dropped edges: gradient 0
             gradients = gradients.new_zeros(gradients.shape[0], n_edges, 3).index_copy(1, kept, gradients)
         return torch.stack(energies), gradients

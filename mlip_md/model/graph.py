@@ -120,12 +120,15 @@ def distance_gradient(radial_gradient: torch.Tensor, distances: torch.Tensor, cu
 
 
 def edge_gradients(
-    distance_gradients: torch.Tensor, graph: PaddedNeighbors, edge_vectors: torch.Tensor
+    distance_gradients: torch.Tensor, graph: PaddedNeighbors, edge_vectors: torch.Tensor, distances: torch.Tensor
 ) -> torch.Tensor:
-    """∂E_m/∂r_e ``[M, E, 3]`` from ∂E_m/∂r ``[M, N, K]`` in the padded layout: g_e = ∂E/∂r · r_e / r."""
+    """∂E_m/∂r_e ``[M, E, 3]`` from ∂E_m/∂r ``[M, N, K]`` in the padded layout: g_e = ∂E/∂r · r_e / r.
+
+    ``edge_vectors`` ``[E, 3]`` and their lengths ``distances`` ``[E]`` are the
+    edges the layout was built from, in their input order.
+    """
     n_members = distance_gradients.shape[0]
     flat = distance_gradients.reshape(n_members, graph.distances.numel())  # [M, N K]
     per_edge = flat.index_select(1, graph.edge_slots)  # [M, E]
-    distances = graph.distances.reshape(-1).index_select(0, graph.edge_slots)  # [E]
     directions = edge_vectors / distances.unsqueeze(1)  # [E, 3]
     return per_edge.unsqueeze(-1) * directions

@@ -95,18 +95,20 @@ def gather_neighbors(features: torch.Tensor, neighbors: torch.Tensor) -> torch.T
     return features.index_select(0, neighbors.reshape(-1)).view(n_block, width, features.shape[1])
 
 
-def is_narrow(n_in: int) -> bool:
-    """Input widths up to 4: the species one-hot of the first interaction layer (or a very narrow hidden layer)."""
-    return n_in <= 4
+def masked_sums(n_in: int, under_autograd: bool) -> bool:
+    """Whether a neighbour sum over ``n_in`` input features takes one masked sum per feature.
+
+    For narrow inputs (up to 4: the species one-hot of the first layer) under
+    autograd, a batched product with an inner size this small has a slow
+    backward and masked sums are faster; without autograd the batched product is.
+    """
+    return n_in <= 4 and under_autograd
 
 
 def neighbor_sum(sensitivities: torch.Tensor, neighbor_features: torch.Tensor) -> torch.Tensor:
     """Σ_k s[i, k, ν] z[i, k, b]: ``[B, K, n_sens]``, ``[B, K, n_in]`` → ``[B, n_in, n_sens]``."""
     n_in = neighbor_features.shape[2]
-    if is_narrow(n_in) and (sensitivities.requires_grad or neighbor_features.requires_grad):
-        # Under autograd, a batched product with an inner size this small has
-        # a slow backward; a masked sum per input feature does not. Without
-        # autograd the batched product is the faster one.
+    if masked_sums(n_in, sensitivities.requires_grad or neighbor_features.requires_grad):
         columns = [(sensitivities * neighbor_features[:, :, b : b + 1]).sum(1) for b in range(n_in)]
         return torch.stack(columns, dim=1)
     # Oriented so that the gradient of the sensitivities comes out contiguous.
@@ -117,11 +119,8 @@ def neighbor_sum_reverse(environment_gradient: torch.Tensor, neighbor_features: 
     """∂E/∂sensitivities ``[B, K, n_sens]`` from ∂E/∂environment ``[B, n_in, n_sens]`` (reverse of
     :func:`neighbor_sum`)."""
     n_in = neighbor_features.shape[2]
-    if n_in == 1 or (
-        is_narrow(n_in) and (environment_gradient.requires_grad or neighbor_features.requires_grad)
-    ):
-        # Broadcast products: faster than a batched product for one input
-        # feature, and under autograd for all narrow inputs (see neighbor_sum).
+    # A single input feature: one broadcast product beats a batched product.
+    if n_in == 1 or masked_sums(n_in, environment_gradient.requires_grad or neighbor_features.requires_grad):
         gradient = neighbor_features[:, :, 0:1] * environment_gradient[:, 0:1, :]
         for b in range(1, n_in):
             gradient = gradient + neighbor_features[:, :, b : b + 1] * environment_gradient[:, b : b + 1, :]
