@@ -13,7 +13,7 @@ from torch import nn
 
 from mlip_md import __version__
 from mlip_md.contract import DTYPES, METADATA_FILE, make_metadata, quiet_torchscript
-from mlip_md.model.graph import edge_gradients, pad_neighbors
+from mlip_md.model.graph import edge_gradients, edge_lengths, pad_neighbors
 from mlip_md.model.hipnn import HIPNN
 
 
@@ -34,7 +34,7 @@ class DeployedEnsemble(nn.Module):
         keeps the padded layout small when a caller passes a skin. The kept
         positions are None when every edge is kept.
         """
-        distances = torch.linalg.vector_norm(edge_vectors, dim=1)
+        distances = edge_lengths(edge_vectors)
         inside = distances < self.cutoff
         if bool(inside.all()):
             return edge_index, edge_vectors, distances, None

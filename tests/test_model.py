@@ -70,7 +70,7 @@ def test_sensitivities_follow_the_paper_formula():
     sensitivity = InverseSensitivity(5, 1.0, 4.0, 6.0).double()
     r = torch.linspace(0.8, 5.9, 50, dtype=torch.float64)
     inverse = 1 / r
-    terms = torch.stack([inverse**2, inverse, torch.ones_like(r), log_cutoff_envelope(r, 6.0)], dim=-1)
+    terms = torch.stack([inverse**2, inverse, torch.ones_like(r), log_cutoff_envelope(r, 6.0)])  # [4, n]
     centers, widths = sensitivity.inverse_centers.detach(), sensitivity.widths.detach()
     gauss = torch.exp(-((inverse[:, None] - centers) ** 2) / (2 * widths**2))
     expected = gauss * (torch.cos(torch.pi * r / 12.0) ** 2)[:, None]

@@ -40,15 +40,26 @@ class PaddedNeighbors(NamedTuple):
 
     ``radial_terms`` holds, per neighbour, (1/r², 1/r, 1, log φ_cut(r)):
     every sensitivity exponent of every layer is a linear combination of
-    these (see :class:`mlip_md.model.layers.InverseSensitivity`). Padding
-    slots point at atom 0 and sit at twice the cutoff, where φ_cut = 0.
+    these (see :class:`mlip_md.model.layers.InverseSensitivity`). They are
+    stored term-major, ``[4, N, K]``: stacking them so is a plain copy, while
+    interleaving them (``[N, K, 4]``) cost as much as a layer's exponentials.
+    Padding slots point at atom 0 and sit at twice the cutoff, where φ_cut = 0.
     """
 
     species: torch.Tensor  # [N] int64, index into the model's element list
     neighbors: torch.Tensor  # [N, K] int64, neighbour atom index j
     distances: torch.Tensor  # [N, K] float, |r_ij| in Å
-    radial_terms: torch.Tensor  # [N, K, 4] float: 1/r², 1/r, 1, log φ_cut(r)
+    radial_terms: torch.Tensor  # [4, N, K] float: 1/r², 1/r, 1, log φ_cut(r)
     edge_slots: torch.Tensor  # [E] int64, position of each input edge in the flattened [N * K] layout
+
+
+def edge_lengths(edge_vectors: torch.Tensor) -> torch.Tensor:
+    """|r_e| of ``edge_vectors`` ``[E, 3]`` → ``[E]`` (Å).
+
+    Written out by component: ~3x faster than torch.linalg.vector_norm in float32.
+    """
+    x, y, z = edge_vectors.unbind(1)
+    return torch.sqrt(x * x + y * y + z * z)
 
 
 def pad_neighbors(
@@ -68,35 +79,38 @@ def pad_neighbors(
     others = edge_index[1]
     n_edges = centers.shape[0]
     order = torch.arange(n_edges, device=centers.device)
-    if n_edges > 1 and bool((centers[1:] < centers[:-1]).any()):
+    sorted_input = n_edges < 2 or not bool((centers[1:] < centers[:-1]).any())
+    if not sorted_input:
         order = torch.argsort(centers, stable=True)
         centers = centers[order]
         others = others[order]
         distances = distances[order]
     counts = torch.bincount(centers, minlength=n_atoms)  # [N]
     width = int(counts.max()) if n_atoms > 0 else 0
-    starts = torch.cumsum(counts, 0) - counts  # [N]
-    slots = torch.arange(n_edges, device=centers.device) - starts[centers]  # [E]
-    flat = centers * width + slots  # [E], position in the [N * K] layout
+    # With the edges sorted by centre, the occupied slots of the row-major
+    # [N, K] layout, in order, are the edges in order: masked_scatter places
+    # them (~3x faster than index_copy at computed positions).
+    occupied = torch.arange(width, device=centers.device) < counts.unsqueeze(1)  # [N, K]
     padded_distances = torch.full(
-        (n_atoms * width,), 2.0 * cutoff, dtype=distances.dtype, device=distances.device
-    ).index_copy(0, flat, distances)
-    padded_neighbors = torch.zeros(
-        n_atoms * width, dtype=torch.long, device=centers.device
-    ).index_copy(0, flat, others)
-    padded_distances = padded_distances.view(n_atoms, width)
-    edge_slots = torch.empty_like(flat).index_copy(0, order, flat)
+        (n_atoms, width), 2.0 * cutoff, dtype=distances.dtype, device=distances.device
+    ).masked_scatter_(occupied, distances)
+    padded_neighbors = torch.zeros(n_atoms, width, dtype=torch.long, device=centers.device).masked_scatter_(
+        occupied, others
+    )
+    # Position of each sorted edge in the flattened layout: slot = edge − first edge of its row.
+    row_offsets = torch.arange(n_atoms, device=centers.device) * width - (torch.cumsum(counts, 0) - counts)
+    flat = torch.arange(n_edges, device=centers.device) + torch.repeat_interleave(row_offsets, counts)
+    edge_slots = flat if sorted_input else torch.empty_like(flat).index_copy(0, order, flat)
     return PaddedNeighbors(
-        species, padded_neighbors.view(n_atoms, width), padded_distances,
-        radial_terms_of(padded_distances, cutoff), edge_slots,
+        species, padded_neighbors, padded_distances, radial_terms_of(padded_distances, cutoff), edge_slots
     )
 
 
 def radial_terms_of(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """(1/r², 1/r, 1, log φ_cut(r)) of ``distances`` ``[...]`` → ``[..., 4]``."""
+    """(1/r², 1/r, 1, log φ_cut(r)) of ``distances`` ``[...]`` → ``[4, ...]``."""
     inverse = distances.reciprocal()
     return torch.stack(
-        [inverse * inverse, inverse, torch.ones_like(inverse), log_cutoff_envelope(distances, cutoff)], dim=-1
+        [inverse * inverse, inverse, torch.ones_like(inverse), log_cutoff_envelope(distances, cutoff)]
     )
 
 

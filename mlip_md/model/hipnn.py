@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from mlip_md.model.graph import PaddedNeighbors, distance_gradient, pad_neighbors
+from mlip_md.model.graph import PaddedNeighbors, distance_gradient, edge_lengths, pad_neighbors
 from mlip_md.model.layers import Interaction, interaction_reverse, make_activation, reverse_weights
 from mlip_md.species import validate_species
 
@@ -102,7 +102,7 @@ class HIPNN(nn.Module):
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
     ) -> PaddedNeighbors:
         """The padded neighbour layout of one structure (shared by ensemble members)."""
-        return pad_neighbors(species, edge_index, torch.linalg.vector_norm(edge_vectors, dim=1), self.cutoff)
+        return pad_neighbors(species, edge_index, edge_lengths(edge_vectors), self.cutoff)
 
     def level_energies(self, graph: PaddedNeighbors) -> torch.Tensor:
         """Per-atom energies of every hierarchy level, ``[n_interactions + 1, N]`` in eV."""
@@ -152,7 +152,7 @@ class HIPNN(nn.Module):
             sensitivity_blocks: List[torch.Tensor] = []
             for start in range(0, features.shape[0], block):
                 block_pre, block_sensitivities = interaction.pre_activation(
-                    features, graph.neighbors[start : start + block], graph.radial_terms[start : start + block],
+                    features, graph.neighbors[start : start + block], graph.radial_terms[:, start : start + block],
                     features[start : start + block], coefficients,
                 )
                 pre_blocks.append(block_pre)

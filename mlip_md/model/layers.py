@@ -67,7 +67,7 @@ def make_activation(name: str) -> nn.Module:
 def sensitivities_from(
     radial_terms: torch.Tensor, coefficients: torch.Tensor, floor: float = EXPONENT_FLOOR, log2_e: float = LOG2_E
 ) -> torch.Tensor:
-    """Sensitivities ``[..., K, n_sens]`` from ``radial_terms`` ``[..., K, 4]`` and ``coefficients`` ``[4, n_sens]``.
+    """Sensitivities ``[..., K, n_sens]`` from ``radial_terms`` ``[4, ..., K]`` and ``coefficients`` ``[4, n_sens]``.
 
     All exponents come from one small matrix product followed by one
     exponential: the fewest ``[..., K, n_sens]`` temporaries, which is what
@@ -75,7 +75,7 @@ def sensitivities_from(
     faster than its exp on CPUs): s = 2^(exponent · log2 e), the base-2
     exponent clamped at ``floor`` (see :data:`mlip_md.model.graph.EXPONENT_FLOOR`).
     """
-    exponents = radial_terms @ (coefficients * log2_e)
+    exponents = radial_terms.movedim(0, -1) @ (coefficients * log2_e)  # a transposed operand, no copy
     if not exponents.requires_grad:
         # In place: one [..., K, n_sens] buffer instead of three (less cache traffic).
         return exponents.clamp_min_(floor).exp2_()
@@ -153,7 +153,7 @@ class InverseSensitivity(nn.Module):
         self.widths = nn.Parameter(torch.full((n_sensitivities,), spacing))  # [n_sens], 1/Å
 
     def coefficients(self) -> torch.Tensor:
-        """``[4, n_sens]``: the exponent of s_ν is ``radial_terms @ coefficients[:, ν]``.
+        """``[4, n_sens]``: the exponent of s_ν is (1/r², 1/r, 1, log φ_cut) · ``coefficients[:, ν]``.
 
         −(u − c)²/(2σ²) + log φ_cut, u = 1/r, expanded as a u² + b u + d + log φ_cut.
         """
@@ -164,7 +164,7 @@ class InverseSensitivity(nn.Module):
         )
 
     def forward(self, radial_terms: torch.Tensor) -> torch.Tensor:
-        """``radial_terms`` ``[..., K, 4]`` (1/r², 1/r, 1, log φ_cut) → ``[..., K, n_sens]``."""
+        """``radial_terms`` ``[4, ..., K]`` (1/r², 1/r, 1, log φ_cut) → ``[..., K, n_sens]``."""
         return sensitivities_from(radial_terms, self.coefficients())
 
     def extra_repr(self) -> str:
@@ -207,7 +207,7 @@ class Interaction(nn.Module):
         (a block of rows of the padded layout).
 
         ``features`` ``[N, n_in]`` of all atoms, ``neighbors`` ``[B, K]`` and
-        ``radial_terms`` ``[B, K, 4]`` of the block, ``own_features`` ``[B, n_in]``,
+        ``radial_terms`` ``[4, B, K]`` of the block, ``own_features`` ``[B, n_in]``,
         ``coefficients`` this layer's ``self.sensitivity.coefficients()`` (computed
         once by the caller, not once per block).
         """
