@@ -237,6 +237,39 @@ def reverse_weights(interaction_weights: torch.Tensor, coefficients: torch.Tenso
     return transposed, torch.cat([coefficients[0:2], coefficients[3:4]])
 
 
+def radial_reverse(
+    environment_gradient: torch.Tensor,
+    neighbor_features: torch.Tensor,
+    sensitivities: torch.Tensor,
+    radial_coefficients: torch.Tensor,
+) -> torch.Tensor:
+    """∂E/∂(1/r², 1/r, log φ_cut) ``[3, B, K]`` of a block of B atoms.
+
+    From ∂E/∂environment g ``[B, n_in, n_sens]``, the neighbours' input
+    features z ``[B, K, n_in]``, the sensitivities s ``[B, K, n_sens]`` and the
+    coefficient rows of :func:`reverse_weights` c ``[3, n_sens]``:
+    Σ_ν c[t, ν] s[k, ν] Σ_b z[k, b] g[b, ν]. The log2 e of the base-2
+    exponent cancels the ln 2 of d2^x/dx.
+    """
+    n_block, width, n_sens = sensitivities.shape
+    under_autograd = (
+        environment_gradient.requires_grad or sensitivities.requires_grad or neighbor_features.requires_grad
+    )
+    if neighbor_features.shape[2] == 1 and not under_autograd:
+        # One input feature (one element): a single batched product and no
+        # [B, K, n_sens] temporary, ~20 % faster than the general path.
+        weights = radial_coefficients * environment_gradient  # [B, 3, n_sens]
+        products = torch.bmm(weights, sensitivities.transpose(1, 2))  # [B, 3, K]
+        return (products * neighbor_features.transpose(1, 2)).transpose(0, 1)
+    sensitivity_gradient = neighbor_sum_reverse(environment_gradient, neighbor_features)  # [B, K, n_sens]
+    if under_autograd:
+        products = sensitivity_gradient * sensitivities  # ∂E/∂exponent
+    else:
+        products = sensitivity_gradient.mul_(sensitivities)  # in place: a fresh buffer
+    # Computed transposed: ~2.5x faster than products @ coefficients.t().
+    return torch.mm(radial_coefficients, products.view(n_block * width, n_sens).t()).view(3, n_block, width)
+
+
 def interaction_reverse(
     pre_gradient: torch.Tensor,
     features: torch.Tensor,
@@ -274,15 +307,9 @@ def interaction_reverse(
     n_in = features.shape[1]
     block_gradient = pre_gradient[start : start + n_block]
     environment_gradient = (block_gradient @ interaction_weights.t()).view(n_block, n_in, sensitivities.shape[2])
-    sensitivity_gradient = neighbor_sum_reverse(environment_gradient, gather_neighbors(features, neighbors))
-    if sensitivity_gradient.requires_grad:
-        products = sensitivity_gradient * sensitivities  # ∂E/∂exponent
-    else:
-        products = sensitivity_gradient.mul_(sensitivities)  # in place: a fresh buffer
-    products = products.view(n_block * width, sensitivities.shape[2])
-    # The log2 e of the base-2 exponent cancels the ln 2 of d2^x/dx. Computed
-    # transposed: ~2.5x faster than products @ coefficients.t().
-    radial_gradient = torch.mm(radial_coefficients, products.t()).view(3, n_block, width)
+    radial_gradient = radial_reverse(
+        environment_gradient, gather_neighbors(features, neighbors), sensitivities, radial_coefficients
+    )
     if not input_gradient:
         return radial_gradient, torch.empty(0, dtype=features.dtype, device=features.device)
     environments = neighbor_sum(sensitivities, gather_neighbors(pre_gradient, neighbors))  # [B, n_out, n_sens]
