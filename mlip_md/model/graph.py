@@ -144,5 +144,4 @@ def edge_gradients(
     n_members = distance_gradients.shape[0]
     flat = distance_gradients.reshape(n_members, graph.distances.numel())  # [M, N K]
     per_edge = flat.index_select(1, graph.edge_slots)  # [M, E]
-    directions = edge_vectors / distances.unsqueeze(1)  # [E, 3]
-    return per_edge.unsqueeze(-1) * directions
+    return (per_edge / distances).unsqueeze(-1) * edge_vectors
