@@ -65,6 +65,16 @@ def test_exported_edge_gradients_match_autograd(tmp_path):
     assert float(gradients[:, vectors.detach().norm(dim=1) >= 6.0].abs().max()) == 0.0
 
 
+def test_exported_edge_gradients_follow_the_input_edge_order(tmp_path):
+    module = load_exported(mlip_md.export(make_model(), tmp_path / "model.pt")).module
+    species, edge_index, vectors = graph_inputs(random_cell())
+    shuffle = torch.randperm(edge_index.shape[1], generator=torch.Generator().manual_seed(0))
+    energies, gradients = module.energies_and_gradients(species, edge_index, vectors)
+    shuffled_energies, shuffled = module.energies_and_gradients(species, edge_index[:, shuffle], vectors[shuffle])
+    torch.testing.assert_close(shuffled_energies, energies, rtol=0, atol=1e-12)
+    torch.testing.assert_close(shuffled, gradients[:, shuffle], rtol=0, atol=1e-12)
+
+
 def test_exported_float32_edge_gradients(tmp_path):
     module = load_exported(mlip_md.export(make_model(), tmp_path / "f32.pt", dtype="float32")).module
     species, edge_index, vectors = graph_inputs(random_cell())

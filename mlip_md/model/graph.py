@@ -8,7 +8,7 @@ products, and its backward pass is again a batched product.
 """
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -78,9 +78,8 @@ def pad_neighbors(
     centers = edge_index[0]
     others = edge_index[1]
     n_edges = centers.shape[0]
-    order = torch.arange(n_edges, device=centers.device)
-    sorted_input = n_edges < 2 or not bool((centers[1:] < centers[:-1]).any())
-    if not sorted_input:
+    order: Optional[torch.Tensor] = None  # None: already sorted
+    if n_edges > 1 and bool((centers[1:] < centers[:-1]).any()):
         order = torch.argsort(centers, stable=True)
         centers = centers[order]
         others = others[order]
@@ -100,7 +99,7 @@ def pad_neighbors(
     # Position of each sorted edge in the flattened layout: slot = edge − first edge of its row.
     row_offsets = torch.arange(n_atoms, device=centers.device) * width - (torch.cumsum(counts, 0) - counts)
     flat = torch.arange(n_edges, device=centers.device) + torch.repeat_interleave(row_offsets, counts)
-    edge_slots = flat if sorted_input else torch.empty_like(flat).index_copy(0, order, flat)
+    edge_slots = flat if order is None else torch.empty_like(flat).index_copy(0, order, flat)
     return PaddedNeighbors(
         species, padded_neighbors, padded_distances, radial_terms_of(padded_distances, cutoff), edge_slots
     )
