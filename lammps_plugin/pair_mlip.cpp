@@ -202,7 +202,7 @@ void PairMLIP::build_graph()
   int nall = nlocal + atom->nghost;
   int *type = atom->type;
   tagint *tag = atom->tag;
-  double **x = atom->x;
+  const double *x = atom->x[0];    // LAMMPS stores the [nall][3] coordinates contiguously
   double cut2 = model->cutoff * model->cutoff;
   auto in_model = [&](int a) { return species_of_type[type[a]] >= 0; };
 
@@ -224,12 +224,23 @@ void PairMLIP::build_graph()
         error->one(FLERR, "pair_style mlip: atom ID {} is {} hops from an owned atom but has no neighbour list",
                    tag[i], hop);
       int *neighbors = list->firstneigh[i];
-      for (int jj = 0; jj < list->numneigh[i]; jj++) {
-        int j = neighbors[jj] & NEIGHMASK;
+      const double *xi = x + 3 * i;
+      // Most pairs of the skin list lie beyond the cutoff: collect the others
+      // without a branch per pair (it would mispredict), then take them.
+      int n_candidates = list->numneigh[i], n_within = 0;
+      if (static_cast<int>(within.size()) < n_candidates) within.resize(n_candidates);
+      for (int jj = 0; jj < n_candidates; jj++) {
+        const double *xj = x + 3 * (neighbors[jj] & NEIGHMASK);
+        double d[3] = {xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]};
+        within[n_within] = jj;
+        n_within += d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < cut2;
+      }
+      for (int w = 0; w < n_within; w++) {
+        int j = neighbors[within[w]] & NEIGHMASK;
         if (!in_model(j)) continue;
-        double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+        const double *xj = x + 3 * j;
+        double d[3] = {xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]};
         double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-        if (r2 >= cut2) continue;
         if (r2 < 1e-16)
           error->one(FLERR, "pair_style mlip: atoms ID {} and ID {} sit on top of each other (distance {:.2g} A)",
                      tag[i], tag[j], std::sqrt(r2));
@@ -318,8 +329,12 @@ PairMLIP::Evaluation PairMLIP::evaluate()
   Evaluation result;
   result.node_energies = energies.narrow(1, 0, graph.n_local_nodes).mean(0).to(torch::kFloat64).contiguous();
   member_gradients = member_gradients.to(torch::kFloat64);
-  result.gradients = member_gradients.mean(0).contiguous();
-  if (members > 1) result.member_gradients = member_gradients.contiguous();
+  if (members > 1) {
+    result.gradients = member_gradients.mean(0).contiguous();
+    result.member_gradients = member_gradients.contiguous();
+  } else {
+    result.gradients = member_gradients[0].contiguous();    // no copy for a float64 model
+  }
   return result;
 }
 
@@ -328,27 +343,40 @@ PairMLIP::Evaluation PairMLIP::evaluate()
 void PairMLIP::tally(const Evaluation &result)
 {
   const double *energy = result.node_energies.data_ptr<double>();
-  if (!torch::isfinite(result.node_energies).all().item<bool>() ||
-      !torch::isfinite(result.gradients).all().item<bool>())
+  const double *gradients = result.gradients.data_ptr<double>();
+  int n_edges = graph.n_edges();
+  // One pass over the gradients: a NaN or inf anywhere makes their sum non-finite.
+  double energy_sum = 0.0, gradient_sum = 0.0;
+  for (int n = 0; n < graph.n_local_nodes; n++) energy_sum += energy[n];
+  for (int c = 0; c < 3 * n_edges; c++) gradient_sum += gradients[c];
+  if (!std::isfinite(energy_sum) || !std::isfinite(gradient_sum))
     error->one(FLERR, "pair_style mlip: the model returned non-finite energies or forces on step {} "
                "(atoms far closer than in any training data?)", update->ntimestep);
   for (int n = 0; n < graph.n_local_nodes; n++) {
     if (eflag_global) eng_vdwl += energy[n];
     if (eflag_atom) eatom[graph.node_atom[n]] += energy[n];
   }
-  double **f = atom->f;
-  const double *gradients = result.gradients.data_ptr<double>();
+  double *f = atom->f[0];    // [nall][3], contiguous
+  for (int e = 0; e < n_edges; e++) {
+    const double *g = &gradients[3 * e];
+    double *fi = f + 3 * graph.edge_atom_i[e], *fj = f + 3 * graph.edge_atom_j[e];
+    for (int k = 0; k < 3; k++) {
+      fi[k] += g[k];
+      fj[k] -= g[k];
+    }
+  }
+  if (vflag_either) tally_virial(gradients);
+}
+
+/* W = -Σ_e r_e (x) g_e, symmetrised per edge; components xx yy zz xy xz yz */
+
+void PairMLIP::tally_virial(const double *gradients)
+{
   int n_edges = graph.n_edges();
   for (int e = 0; e < n_edges; e++) {
     const double *g = &gradients[3 * e];
     const double *r = &graph.edge_vectors[3 * e];
     int i = graph.edge_atom_i[e], j = graph.edge_atom_j[e];
-    for (int k = 0; k < 3; k++) {
-      f[i][k] += g[k];
-      f[j][k] -= g[k];
-    }
-    if (!vflag_either) continue;
-    // W = -r (x) g, symmetrised per edge; components xx yy zz xy xz yz
     double w[6] = {-r[0] * g[0],
                    -r[1] * g[1],
                    -r[2] * g[2],

@@ -97,6 +97,7 @@ class PairMLIP : public Pair {
   bool ghost_mode = false;             // several ranks: evaluate on ghosts too
   Graph graph;
   std::vector<int> row_of_atom;        // [nall] neighbour-list row of each atom, -1 if none
+  std::vector<int> within;             // scratch: one atom's neighbour-list entries within the cutoff
   mlip::TagMap node_of_tag;            // graph node of each atom ID, -1 if none
   int nmax_peratom = 0;                // allocated rows of the per-atom arrays below
   double *forces_uncertainty = nullptr;  // [nmax] eV/Angstrom
@@ -112,6 +113,7 @@ class PairMLIP : public Pair {
   };
   Evaluation evaluate();
   void tally(const Evaluation &result);
+  void tally_virial(const double *gradients);
   void tally_members(const Evaluation &result);
 };
 

@@ -341,6 +341,16 @@ def test_coincident_atoms_end_in_a_lammps_error(tmp_path, plugin, model_file):
     assert "sit on top of each other" in result.stdout + result.stderr
 
 
+def test_non_finite_model_output_ends_in_a_lammps_error(tmp_path, plugin):
+    model = make_model()
+    with torch.no_grad():
+        model.readouts[1].weight[0, 0] = float("nan")
+    path = mlip_md.export(model, tmp_path / "nan.pt")
+    result = run_lmp(tmp_path, lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {path} Al Cu"))
+    assert result.returncode > 0
+    assert "returned non-finite energies or forces" in result.stdout + result.stderr
+
+
 def test_newton_off_on_two_ranks_is_refused(tmp_path, plugin, model_file):
     deck = lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {model_file} Al Cu", newton="off")
     result = run_lmp(tmp_path, deck, ranks=2)
