@@ -96,9 +96,8 @@ def pad_neighbors(
     padded_neighbors = torch.zeros(n_atoms, width, dtype=torch.long, device=centers.device).masked_scatter_(
         occupied, others
     )
-    # Position of each sorted edge in the flattened layout: slot = edge − first edge of its row.
-    row_offsets = torch.arange(n_atoms, device=centers.device) * width - (torch.cumsum(counts, 0) - counts)
-    flat = torch.arange(n_edges, device=centers.device) + torch.repeat_interleave(row_offsets, counts)
+    # Position of each sorted edge in the flattened layout: the occupied slots, in order.
+    flat = torch.arange(n_atoms * width, device=centers.device).view(n_atoms, width).masked_select(occupied)
     edge_slots = flat if order is None else torch.empty_like(flat).index_copy(0, order, flat)
     return PaddedNeighbors(
         species, padded_neighbors, padded_distances, radial_terms_of(padded_distances, cutoff), edge_slots
