@@ -345,26 +345,26 @@ void PairMLIP::tally(const Evaluation &result)
   const double *energy = result.node_energies.data_ptr<double>();
   const double *gradients = result.gradients.data_ptr<double>();
   int n_edges = graph.n_edges();
-  // One pass over the gradients: a NaN or inf anywhere makes their sum non-finite.
-  double energy_sum = 0.0, gradient_sum = 0.0;
-  for (int n = 0; n < graph.n_local_nodes; n++) energy_sum += energy[n];
-  for (int c = 0; c < 3 * n_edges; c++) gradient_sum += gradients[c];
-  if (!std::isfinite(energy_sum) || !std::isfinite(gradient_sum))
-    error->one(FLERR, "pair_style mlip: the model returned non-finite energies or forces on step {} "
-               "(atoms far closer than in any training data?)", update->ntimestep);
-  for (int n = 0; n < graph.n_local_nodes; n++) {
-    if (eflag_global) eng_vdwl += energy[n];
-    if (eflag_atom) eatom[graph.node_atom[n]] += energy[n];
-  }
   double *f = atom->f[0];    // [nall][3], contiguous
+  // A NaN or inf anywhere makes these sums non-finite; the run then stops before the step ends.
+  double energy_sum = 0.0, gradient_sum = 0.0;
   for (int e = 0; e < n_edges; e++) {
     const double *g = &gradients[3 * e];
     double *fi = f + 3 * graph.edge_atom_i[e], *fj = f + 3 * graph.edge_atom_j[e];
     for (int k = 0; k < 3; k++) {
       fi[k] += g[k];
       fj[k] -= g[k];
+      gradient_sum += g[k];
     }
   }
+  for (int n = 0; n < graph.n_local_nodes; n++) {
+    energy_sum += energy[n];
+    if (eflag_global) eng_vdwl += energy[n];
+    if (eflag_atom) eatom[graph.node_atom[n]] += energy[n];
+  }
+  if (!std::isfinite(energy_sum) || !std::isfinite(gradient_sum))
+    error->one(FLERR, "pair_style mlip: the model returned non-finite energies or forces on step {} "
+               "(atoms far closer than in any training data?)", update->ntimestep);
   if (vflag_either) tally_virial(gradients);
 }
 

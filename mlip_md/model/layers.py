@@ -255,12 +255,6 @@ def radial_reverse(
     under_autograd = (
         environment_gradient.requires_grad or sensitivities.requires_grad or neighbor_features.requires_grad
     )
-    if neighbor_features.shape[2] == 1 and not under_autograd:
-        # One input feature (one element): a single batched product and no
-        # [B, K, n_sens] temporary, ~20 % faster than the general path.
-        weights = radial_coefficients * environment_gradient  # [B, 3, n_sens]
-        products = torch.bmm(weights, sensitivities.transpose(1, 2))  # [B, 3, K]
-        return (products * neighbor_features.transpose(1, 2)).transpose(0, 1)
     sensitivity_gradient = neighbor_sum_reverse(environment_gradient, neighbor_features)  # [B, K, n_sens]
     if under_autograd:
         products = sensitivity_gradient * sensitivities  # ∂E/∂exponent
@@ -303,7 +297,7 @@ def interaction_reverse(
     derivative 0; this pass uses 2^−115 ≈ 2e-35 instead of masking, a
     difference far below rounding.
     """
-    n_block, width = neighbors.shape
+    n_block = neighbors.shape[0]
     n_in = features.shape[1]
     block_gradient = pre_gradient[start : start + n_block]
     environment_gradient = (block_gradient @ interaction_weights.t()).view(n_block, n_in, sensitivities.shape[2])
