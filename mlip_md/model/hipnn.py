@@ -145,6 +145,8 @@ class HIPNN(nn.Module):
         sensitivities: List[List[torch.Tensor]] = []
         interaction_saved: List[List[torch.Tensor]] = []
         dense_saved: List[List[torch.Tensor]] = []
+        # One species: the first layer's one-hot input is 1 everywhere.
+        uniform_input = self.n_species == 1
         for interaction, dense, readout in zip(self.interactions, self.atom_layers, self.readouts):
             inputs.append(features)
             coefficients = interaction.sensitivity.coefficients()
@@ -153,13 +155,14 @@ class HIPNN(nn.Module):
             for start in range(0, features.shape[0], block):
                 block_pre, block_sensitivities = interaction.pre_activation(
                     features, graph.neighbors[start : start + block], graph.radial_terms[:, start : start + block],
-                    features[start : start + block], coefficients,
+                    features[start : start + block], coefficients, uniform_input,
                 )
                 pre_blocks.append(block_pre)
                 sensitivity_blocks.append(block_sensitivities)
             sensitivities.append(sensitivity_blocks)
             pre = torch.cat(pre_blocks)
             features = interaction.activation(pre)
+            uniform_input = False
             transposed, radial_coefficients = reverse_weights(interaction.interaction_weights, coefficients)
             interaction_saved.append([
                 interaction.activation.derivative(pre, features), interaction.interaction_weights, transposed,
@@ -209,6 +212,7 @@ class HIPNN(nn.Module):
                 radial, neighbor_part = interaction_reverse(
                     pre_gradient, inputs[level], start, graph.neighbors[start : start + block],
                     sensitivities[level][index], weights, transposed, radial_coefficients, level > 0,
+                    level == 0 and self.n_species == 1,
                 )
                 if level == len(inputs) - 1:
                     radial_blocks.append(radial)

@@ -1,7 +1,7 @@
 """Building blocks of HIP-NN: sensitivities and the interaction layer."""
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -119,8 +119,7 @@ def neighbor_sum_reverse(environment_gradient: torch.Tensor, neighbor_features: 
     """∂E/∂sensitivities ``[B, K, n_sens]`` from ∂E/∂environment ``[B, n_in, n_sens]`` (reverse of
     :func:`neighbor_sum`)."""
     n_in = neighbor_features.shape[2]
-    # A single input feature: one broadcast product beats a batched product.
-    if n_in == 1 or masked_sums(n_in, environment_gradient.requires_grad or neighbor_features.requires_grad):
+    if masked_sums(n_in, environment_gradient.requires_grad or neighbor_features.requires_grad):
         gradient = neighbor_features[:, :, 0:1] * environment_gradient[:, 0:1, :]
         for b in range(1, n_in):
             gradient = gradient + neighbor_features[:, :, b : b + 1] * environment_gradient[:, b : b + 1, :]
@@ -202,6 +201,7 @@ class Interaction(nn.Module):
         radial_terms: torch.Tensor,
         own_features: torch.Tensor,
         coefficients: torch.Tensor,
+        uniform_input: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Pre-activation ``[B, n_out]`` and sensitivities ``[B, K, n_sens]`` of B atoms
         (a block of rows of the padded layout).
@@ -209,10 +209,15 @@ class Interaction(nn.Module):
         ``features`` ``[N, n_in]`` of all atoms, ``neighbors`` ``[B, K]`` and
         ``radial_terms`` ``[4, B, K]`` of the block, ``own_features`` ``[B, n_in]``,
         ``coefficients`` this layer's ``self.sensitivity.coefficients()`` (computed
-        once by the caller, not once per block).
+        once by the caller, not once per block). ``uniform_input``: every input
+        feature is 1 (n_in = 1: the first layer of a one-species model), so the
+        neighbour sum is the sum of the sensitivities and nothing is gathered.
         """
         sensitivities = sensitivities_from(radial_terms, coefficients)  # [B, K, n_sens]
-        environment = neighbor_sum(sensitivities, gather_neighbors(features, neighbors))  # [B, n_in, n_sens]
+        if uniform_input:
+            environment = sensitivities.sum(1, keepdim=True)  # [B, 1, n_sens]
+        else:
+            environment = neighbor_sum(sensitivities, gather_neighbors(features, neighbors))  # [B, n_in, n_sens]
         interaction = environment.reshape(neighbors.shape[0], -1) @ self.interaction_weights  # [B, n_out]
         return interaction + self.self_interaction(own_features), sensitivities
 
@@ -239,27 +244,27 @@ def reverse_weights(interaction_weights: torch.Tensor, coefficients: torch.Tenso
 
 def radial_reverse(
     environment_gradient: torch.Tensor,
-    neighbor_features: torch.Tensor,
+    neighbor_features: Optional[torch.Tensor],
     sensitivities: torch.Tensor,
     radial_coefficients: torch.Tensor,
 ) -> torch.Tensor:
     """∂E/∂(1/r², 1/r, log φ_cut) ``[3, B, K]`` of a block of B atoms.
 
     From ∂E/∂environment g ``[B, n_in, n_sens]``, the neighbours' input
-    features z ``[B, K, n_in]``, the sensitivities s ``[B, K, n_sens]`` and the
+    features z ``[B, K, n_in]`` (None: n_in = 1 and every z is 1), the sensitivities s ``[B, K, n_sens]`` and the
     coefficient rows of :func:`reverse_weights` c ``[3, n_sens]``:
     Σ_ν c[t, ν] s[k, ν] Σ_b z[k, b] g[b, ν]. The log2 e of the base-2
     exponent cancels the ln 2 of d2^x/dx.
     """
     n_block, width, n_sens = sensitivities.shape
-    under_autograd = (
-        environment_gradient.requires_grad or sensitivities.requires_grad or neighbor_features.requires_grad
-    )
-    sensitivity_gradient = neighbor_sum_reverse(environment_gradient, neighbor_features)  # [B, K, n_sens]
-    if under_autograd:
-        products = sensitivity_gradient * sensitivities  # ∂E/∂exponent
+    if neighbor_features is None:
+        products = sensitivities * environment_gradient  # ∂E/∂exponent; [B, 1, n_sens] broadcast
     else:
-        products = sensitivity_gradient.mul_(sensitivities)  # in place: a fresh buffer
+        sensitivity_gradient = neighbor_sum_reverse(environment_gradient, neighbor_features)  # [B, K, n_sens]
+        if environment_gradient.requires_grad or sensitivities.requires_grad or neighbor_features.requires_grad:
+            products = sensitivity_gradient * sensitivities
+        else:
+            products = sensitivity_gradient.mul_(sensitivities)  # in place: a fresh buffer
     # Computed transposed: ~2.5x faster than products @ coefficients.t().
     return torch.mm(radial_coefficients, products.view(n_block * width, n_sens).t()).view(3, n_block, width)
 
@@ -274,6 +279,7 @@ def interaction_reverse(
     transposed_weights: torch.Tensor,
     radial_coefficients: torch.Tensor,
     input_gradient: bool,
+    uniform_input: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Reverse pass of the neighbour part of :meth:`Interaction.pre_activation` for the
     block of B atoms from ``start``.
@@ -285,6 +291,7 @@ def interaction_reverse(
         interaction_weights: V ``[n_in · n_sens, n_out]``;
         transposed_weights, radial_coefficients: from :func:`reverse_weights`.
         input_gradient: also return ∂E/∂features of the block's atoms.
+        uniform_input: every input feature is 1, as in :meth:`Interaction.pre_activation`.
 
     Returns ∂E/∂(1/r², 1/r, log φ_cut) ``[3, B, K]`` and, if ``input_gradient``,
     the neighbour-sum part of ∂E/∂features ``[B, n_in]`` (else an empty tensor).
@@ -301,9 +308,8 @@ def interaction_reverse(
     n_in = features.shape[1]
     block_gradient = pre_gradient[start : start + n_block]
     environment_gradient = (block_gradient @ interaction_weights.t()).view(n_block, n_in, sensitivities.shape[2])
-    radial_gradient = radial_reverse(
-        environment_gradient, gather_neighbors(features, neighbors), sensitivities, radial_coefficients
-    )
+    neighbor_features = None if uniform_input else gather_neighbors(features, neighbors)
+    radial_gradient = radial_reverse(environment_gradient, neighbor_features, sensitivities, radial_coefficients)
     if not input_gradient:
         return radial_gradient, torch.empty(0, dtype=features.dtype, device=features.device)
     environments = neighbor_sum(sensitivities, gather_neighbors(pre_gradient, neighbors))  # [B, n_out, n_sens]
