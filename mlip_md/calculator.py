@@ -107,14 +107,15 @@ class MLIPCalculator(Calculator):
     def _check_contacts(self, atoms: Atoms, neighbors: Neighbors) -> None:
         radii = covalent_radii[atoms.numbers]
         i, j = neighbors.edge_index
+        squares = neighbors.squared_distances
         # Only edges shorter than the largest possible limit need the per-pair test.
-        short = np.flatnonzero(neighbors.distances < 2.0 * self.close_contact_factor * radii.max())
+        short = np.flatnonzero(squares < (2.0 * self.close_contact_factor * radii.max()) ** 2)
         limit = self.close_contact_factor * (radii[i[short]] + radii[j[short]])
-        close = short[(neighbors.distances[short] < limit) & (i[short] < j[short])]
+        close = short[(squares[short] < limit * limit) & (i[short] < j[short])]
         if close.size == 0:
             return
-        if (neighbors.distances[close] < 1e-8).any():
-            pair = close[np.argmin(neighbors.distances[close])]
+        if (squares[close] < 1e-16).any():
+            pair = close[np.argmin(squares[close])]
             raise ValueError(f"atoms {i[pair]} and {j[pair]} sit on top of each other (distance 0)")
         # Warn once per pair, not at every MD step.
         pairs = {(int(i[e]), int(j[e])) for e in close}
@@ -123,7 +124,7 @@ class MLIPCalculator(Calculator):
         self._warned_pairs |= pairs
         symbols = atoms.get_chemical_symbols()
         pairs = ", ".join(
-            f"{symbols[i[e]]}{i[e]}-{symbols[j[e]]}{j[e]} at {neighbors.distances[e]:.3f} Å" for e in close[:5]
+            f"{symbols[i[e]]}{i[e]}-{symbols[j[e]]}{j[e]} at {np.sqrt(squares[e]):.3f} Å" for e in close[:5]
         )
         more = f" and {close.size - 5} more" if close.size > 5 else ""
         warnings.warn(

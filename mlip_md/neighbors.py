@@ -14,20 +14,47 @@ same atom are then neighbours).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Union
 
 import numpy as np
 import vesin
 
+_Lazy = Union[np.ndarray, Callable[[], np.ndarray]]
 
-@dataclass(frozen=True)
+
 class Neighbors:
-    """A full neighbour list; see the module docstring for the convention."""
+    """A full neighbour list; see the module docstring for the convention.
 
-    edge_index: np.ndarray  # [2, E] int64
-    shifts: np.ndarray  # [E, 3] int64
-    distances: np.ndarray  # [E] float64, Å
-    vectors: np.ndarray  # [E, 3] float64, r_ij in Å
+    Attributes:
+        edge_index: ``[2, E]`` int64.
+        vectors: ``[E, 3]`` float64, r_ij in Å.
+        shifts: ``[E, 3]`` int64.
+        squared_distances, distances: ``[E]`` float64, Å² and Å.
+
+    ``shifts`` and ``squared_distances`` may be given as functions that
+    compute them: they are then computed on first use (an MD step through
+    the calculator needs neither, and building them is ~5 % of a step).
+    """
+
+    def __init__(self, edge_index: np.ndarray, vectors: np.ndarray, shifts: _Lazy, squared_distances: _Lazy):
+        self.edge_index = edge_index
+        self.vectors = vectors
+        self._shifts = shifts
+        self._squared_distances = squared_distances
+
+    @cached_property
+    def shifts(self) -> np.ndarray:
+        return self._shifts() if callable(self._shifts) else self._shifts
+
+    @cached_property
+    def squared_distances(self) -> np.ndarray:
+        squares = self._squared_distances
+        return squares() if callable(squares) else squares
+
+    @cached_property
+    def distances(self) -> np.ndarray:
+        return np.sqrt(self.squared_distances)
 
     @property
     def n_edges(self) -> int:
@@ -79,7 +106,8 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float) -
     i = i.astype(np.int64)
     j = j.astype(np.int64)
     shifts = shifts.astype(np.int64) - wraps[j] + wraps[i]
-    return Neighbors(np.stack([i, j]), shifts, np.asarray(distances, np.float64), np.asarray(vectors, np.float64))
+    distances = np.asarray(distances, np.float64)
+    return Neighbors(np.stack([i, j]), np.asarray(vectors, np.float64), shifts, distances * distances)
 
 
 class VerletList:
@@ -135,6 +163,8 @@ class VerletList:
         squares = np.einsum("ij,ij->j", vectors, vectors)
         keep = np.flatnonzero(squares < self.cutoff * self.cutoff)
         return Neighbors(
-            edges.edge_index.take(keep, axis=1), edges.shifts.take(keep, axis=0), np.sqrt(squares.take(keep)),
+            edges.edge_index.take(keep, axis=1),
             vectors.take(keep, axis=1).T,  # [E, 3], a transposed view
+            shifts=lambda: edges.shifts.take(keep, axis=0),
+            squared_distances=lambda: squares.take(keep),
         )

@@ -89,7 +89,9 @@ def test_verlet_list_reuses_and_rebuilds_correctly():
     verlet = VerletList(cutoff=5.0, skin=1.0)
     rng = np.random.default_rng(0)
     for step in range(12):
-        current = _canonical(verlet.update(atoms.positions, atoms.cell[:], atoms.pbc))
+        updated = verlet.update(atoms.positions, atoms.cell[:], atoms.pbc)
+        np.testing.assert_allclose(updated.distances, np.linalg.norm(updated.vectors, axis=1), atol=1e-12)
+        current = _canonical(updated)
         fresh = _canonical(neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 5.0))
         np.testing.assert_array_equal(current[0], fresh[0])
         np.testing.assert_allclose(current[1], fresh[1], atol=1e-12)
