@@ -258,13 +258,14 @@ def radial_reverse(
     """
     n_block, width, n_sens = sensitivities.shape
     if neighbor_features is None:
-        products = sensitivities * environment_gradient  # ∂E/∂exponent; [B, 1, n_sens] broadcast
+        # Σ_ν (c[t, ν] g[ν]) s[k, ν]: one batched product, no [B, K, n_sens] temporary.
+        weighted = radial_coefficients.unsqueeze(0) * environment_gradient  # [B, 3, n_sens]
+        return torch.bmm(weighted, sensitivities.transpose(1, 2)).transpose(0, 1)  # [3, B, K], a view
+    sensitivity_gradient = neighbor_sum_reverse(environment_gradient, neighbor_features)  # [B, K, n_sens]
+    if environment_gradient.requires_grad or sensitivities.requires_grad or neighbor_features.requires_grad:
+        products = sensitivity_gradient * sensitivities  # ∂E/∂exponent
     else:
-        sensitivity_gradient = neighbor_sum_reverse(environment_gradient, neighbor_features)  # [B, K, n_sens]
-        if environment_gradient.requires_grad or sensitivities.requires_grad or neighbor_features.requires_grad:
-            products = sensitivity_gradient * sensitivities
-        else:
-            products = sensitivity_gradient.mul_(sensitivities)  # in place: a fresh buffer
+        products = sensitivity_gradient.mul_(sensitivities)  # in place: a fresh buffer
     # Computed transposed: ~2.5x faster than products @ coefficients.t().
     return torch.mm(radial_coefficients, products.view(n_block * width, n_sens).t()).view(3, n_block, width)
 
