@@ -9,7 +9,7 @@ import torch
 import mlip_md
 from conftest import graph_inputs, make_model, random_cell
 from mlip_md.model.graph import EXPONENT_FLOOR, LOG2_E, log_cutoff_envelope
-from mlip_md.model.layers import InverseSensitivity
+from mlip_md.model.layers import InverseSensitivity, Softplus
 
 
 def test_public_constructor_names():
@@ -76,6 +76,17 @@ def test_sensitivities_follow_the_paper_formula():
     expected = gauss * (torch.cos(torch.pi * r / 12.0) ** 2)[:, None]
     torch.testing.assert_close(sensitivity(terms), expected, rtol=1e-10, atol=1e-30)
     torch.testing.assert_close(centers, torch.linspace(0.25, 1.0, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softplus_forms_agree(dtype):
+    # Without autograd Softplus takes torch's fused op (threshold 40), under it elementary ops.
+    x = torch.linspace(-120.0, 120.0, 24001, dtype=dtype)
+    exact = torch.logaddexp(x.double(), torch.zeros((), dtype=torch.float64))
+    info = torch.finfo(dtype)
+    for values in (Softplus()(x), Softplus()(x.clone().requires_grad_(True)).detach()):
+        # relative to rounding, absolute below the smallest normal number
+        assert ((values.double() - exact).abs() <= 2 * info.eps * exact + info.tiny).all()
 
 
 def test_hierarchicality_regulariser():
