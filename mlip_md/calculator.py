@@ -83,7 +83,9 @@ class MLIPCalculator(Calculator):
         self.device = torch.device(device)
         self.species_map = SpeciesMap(self.model.species)
         self.close_contact_factor = float(close_contact_factor)
-        self.neighbors = VerletList(self.model.cutoff, skin)
+        # Edge vectors in the model's dtype straight from the skin-list update.
+        numpy_dtype = torch.empty(0, dtype=self.model.dtype).numpy().dtype
+        self.neighbors = VerletList(self.model.cutoff, skin, dtype=numpy_dtype)
         self._warned_pairs: set = set()
 
     @property

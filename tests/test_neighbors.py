@@ -82,19 +82,22 @@ def _canonical(neighbors):
     return keys[order], neighbors.vectors[order]
 
 
-def test_verlet_list_reuses_and_rebuilds_correctly():
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_verlet_list_reuses_and_rebuilds_correctly(dtype, tolerance):
+    # float32 vectors must be as accurate as float64 ones rounded (|r| < 5 Å: ulp 4.8e-7 Å).
     from mlip_md.neighbors import VerletList
 
     atoms = random_cell(seed=9)
-    verlet = VerletList(cutoff=5.0, skin=1.0)
+    verlet = VerletList(cutoff=5.0, skin=1.0, dtype=dtype)
     rng = np.random.default_rng(0)
     for step in range(12):
         updated = verlet.update(atoms.positions, atoms.cell[:], atoms.pbc)
-        np.testing.assert_allclose(updated.distances, np.linalg.norm(updated.vectors, axis=1), atol=1e-12)
+        assert updated.vectors.dtype == dtype and updated.distances.dtype == dtype
+        np.testing.assert_allclose(updated.distances, np.linalg.norm(updated.vectors, axis=1), atol=tolerance)
         current = _canonical(updated)
         fresh = _canonical(neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 5.0))
         np.testing.assert_array_equal(current[0], fresh[0])
-        np.testing.assert_allclose(current[1], fresh[1], atol=1e-12)
+        np.testing.assert_allclose(current[1], fresh[1], atol=tolerance, rtol=0)
         atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)  # well below skin/2 per step
     assert verlet.n_builds < 6, "small moves must reuse the list"
     builds = verlet.n_builds
