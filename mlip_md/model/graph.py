@@ -50,7 +50,8 @@ class PaddedNeighbors(NamedTuple):
     neighbors: torch.Tensor  # [N, K] int64, neighbour atom index j
     distances: torch.Tensor  # [N, K] float, |r_ij| in Å
     radial_terms: torch.Tensor  # [4, N, K] float: 1/r², 1/r, 1, log φ_cut(r)
-    edge_slots: torch.Tensor  # [E] int64, position of each input edge in the flattened [N * K] layout
+    occupied: torch.Tensor  # [N, K] bool, slots holding an edge; in row-major order they are the sorted edges
+    order: Optional[torch.Tensor]  # [E] int64, input edge of each sorted edge; None when the input was sorted
 
 
 def edge_lengths(edge_vectors: torch.Tensor) -> torch.Tensor:
@@ -96,11 +97,8 @@ def pad_neighbors(
     padded_neighbors = torch.zeros(n_atoms, width, dtype=torch.long, device=centers.device).masked_scatter_(
         occupied, others
     )
-    # Position of each sorted edge in the flattened layout: the occupied slots, in order.
-    flat = torch.arange(n_atoms * width, device=centers.device).view(n_atoms, width).masked_select(occupied)
-    edge_slots = flat if order is None else torch.empty_like(flat).index_copy(0, order, flat)
     return PaddedNeighbors(
-        species, padded_neighbors, padded_distances, radial_terms_of(padded_distances, cutoff), edge_slots
+        species, padded_neighbors, padded_distances, radial_terms_of(padded_distances, cutoff), occupied, order
     )
 
 
@@ -140,6 +138,8 @@ def edge_gradients(
     edges the layout was built from, in their input order.
     """
     n_members = distance_gradients.shape[0]
-    flat = distance_gradients.reshape(n_members, graph.distances.numel())  # [M, N K]
-    per_edge = flat.index_select(1, graph.edge_slots)  # [M, E]
+    per_edge = distance_gradients.masked_select(graph.occupied).view(n_members, -1)  # [M, E], sorted edges
+    order = graph.order  # a local, so that TorchScript refines its Optional type
+    if order is not None:
+        per_edge = torch.empty_like(per_edge).index_copy_(1, order, per_edge)  # input order
     return (per_edge / distances).unsqueeze(-1) * edge_vectors
