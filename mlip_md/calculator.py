@@ -157,7 +157,7 @@ class MLIPCalculator(Calculator):
             )
         species, edge_index, neighbors = self._graph(atoms)
         edge_vectors = torch.from_numpy(neighbors.vectors).to(device=self.device, dtype=self.model.dtype)
-        result = evaluate_edges(self.model.module, species, edge_index, edge_vectors)
+        result = evaluate_edges(self.model.module, species, edge_index, edge_vectors, sorted_centers=True)
         self._store(atoms, result)
 
     def _store(self, atoms: Atoms, result) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -25,17 +26,39 @@ class EdgeResults(NamedTuple):
 
 
 def forces_from_edge_gradients(
-    edge_index: torch.Tensor, edge_gradients: torch.Tensor, n_atoms: int
+    edge_index: torch.Tensor, edge_gradients: torch.Tensor, n_atoms: int, sorted_centers: bool = False
 ) -> torch.Tensor:
-    """F_k = Σ_{e: i_e=k} g_e − Σ_{e: j_e=k} g_e; ``edge_gradients`` ``[M, E, 3]`` → ``[M, N, 3]``."""
+    """F_k = Σ_{e: i_e=k} g_e − Σ_{e: j_e=k} g_e; ``edge_gradients`` ``[M, E, 3]`` → ``[M, N, 3]``.
+
+    ``sorted_centers``: ``edge_index[0]`` is non-decreasing, as in the lists of
+    :mod:`mlip_md.neighbors`.
+    """
     n_members, n_edges, _ = edge_gradients.shape
     # Component-major [3M, E] (a view when the gradients are, as the edge vectors
-    # of VerletList are): index_add along rows of contiguous source columns.
+    # of VerletList are): sums along rows of contiguous source columns.
     columns = edge_gradients.permute(0, 2, 1).reshape(3 * n_members, n_edges)
+    if sorted_centers and not columns.requires_grad and columns.device.type == "cpu":
+        outgoing = _run_sums(edge_index[0], columns, n_atoms)
+    else:
+        outgoing = columns.new_zeros(3 * n_members, n_atoms).index_add_(1, edge_index[0], columns)
     # No `alpha` (torch's alpha != 1 path is ~10x slower): two sums, one difference.
-    outgoing = columns.new_zeros(3 * n_members, n_atoms).index_add_(1, edge_index[0], columns)
     incoming = columns.new_zeros(3 * n_members, n_atoms).index_add_(1, edge_index[1], columns)
     return (outgoing - incoming).view(n_members, 3, n_atoms).permute(0, 2, 1)
+
+
+def _run_sums(sorted_index: torch.Tensor, columns: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """Σ_{e: index_e = k} columns[:, e] ``[R, N]`` for a non-decreasing ``index`` ``[E]`` (CPU, no autograd).
+
+    Each atom's edges are one run: numpy's reduceat sums runs 2–3x faster than
+    index_add_, whose adds into one atom form a dependency chain when the
+    index is sorted.
+    """
+    starts = np.searchsorted(sorted_index.numpy(), np.arange(n_atoms + 1))  # [N + 1]
+    nonempty = starts[:-1] < starts[1:]  # reduceat would return an element, not 0, for an empty run
+    sums = np.zeros((columns.shape[0], n_atoms), dtype=columns.numpy().dtype)
+    if nonempty.any():
+        sums[:, nonempty] = np.add.reduceat(columns.numpy(), starts[:-1][nonempty], axis=1)
+    return torch.from_numpy(sums)
 
 
 def evaluate_edges(
@@ -43,16 +66,18 @@ def evaluate_edges(
     species: torch.Tensor,
     edge_index: torch.Tensor,
     edge_vectors: torch.Tensor,
+    sorted_centers: bool = False,
 ) -> EdgeResults:
     """Energies, forces and virials of every ensemble member.
 
-    ``edge_vectors`` ``[E, 3]`` in the model's dtype. The module's
+    ``edge_vectors`` ``[E, 3]`` in the model's dtype; ``sorted_centers`` as in
+    :func:`forces_from_edge_gradients`. The module's
     ``energies_and_gradients`` returns each member's ∂E/∂r_e from its
     hand-written reverse pass; no autograd graph is built.
     """
     with torch.no_grad(), torch.jit.optimized_execution(False):
         atom_energies, gradients = module.energies_and_gradients(species, edge_index, edge_vectors)
-    forces = forces_from_edge_gradients(edge_index, gradients, species.shape[0])
+    forces = forces_from_edge_gradients(edge_index, gradients, species.shape[0], sorted_centers)
     virial = -torch.einsum("ea,meb->mab", edge_vectors, gradients)
     return EdgeResults(atom_energies, forces, virial)
 

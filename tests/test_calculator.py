@@ -4,12 +4,14 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 
 import mlip_md
 from conftest import make_model, numeric_forces, numeric_hessian, numeric_stress, random_cell
+from mlip_md.physics import forces_from_edge_gradients
 
 
 @pytest.fixture
@@ -100,6 +102,22 @@ def test_supercell_energy_per_atom(calc, cell):
         cell.get_potential_energy() / len(cell), abs=1e-10
     )
     np.testing.assert_allclose(supercell.get_stress(), cell.get_stress(), atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_force_sums_over_sorted_edges_match_the_scatter(dtype):
+    # The calculator's edges are sorted by centre, so it sums each atom's run of
+    # edges (reduceat); atoms 0, 3 and the last two have no outgoing edges here.
+    rng = np.random.default_rng(3)
+    centers = np.sort(rng.choice([1, 2, 4, 5, 6, 7], size=40))
+    edge_index = torch.from_numpy(np.stack([centers, rng.integers(0, 10, size=40)]))
+    gradients = torch.randn(2, 40, 3, dtype=dtype)
+    expected = forces_from_edge_gradients(edge_index, gradients, 10)
+    sums = forces_from_edge_gradients(edge_index, gradients, 10, sorted_centers=True)
+    torch.testing.assert_close(sums, expected, rtol=0, atol=10 * torch.finfo(dtype).eps)
+    incoming = gradients.new_zeros(2, 10, 3).index_add_(1, edge_index[1], gradients)
+    empty = [0, 3, 8, 9]
+    torch.testing.assert_close(sums[:, empty], -incoming[:, empty], rtol=0, atol=0)
 
 
 def test_per_atom_energies_sum_to_total(cell):
