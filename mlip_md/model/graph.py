@@ -27,12 +27,12 @@ def log_cutoff_envelope(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
     are continuous when an atom crosses the cutoff. Beyond the cutoff the
     log is −160 (a literal: TorchScript cannot read module globals); times
     log2(e) that lies far below EXPONENT_FLOOR, so φ_cut is 0 after the
-    sensitivity's clamp.
+    sensitivity's clamp. No cosine of a float is exactly 0 (π/2 is not
+    representable), so the log is finite everywhere, and so is its
+    gradient, which the fill then zeroes beyond the cutoff.
     """
     cosine = torch.cos((0.5 * math.pi / cutoff) * distances)
-    inside = distances < cutoff
-    safe = torch.where(inside, cosine * cosine, torch.ones_like(distances))
-    return torch.where(inside, torch.log(safe), torch.full_like(distances, -160.0))
+    return torch.log(cosine * cosine).masked_fill_(distances >= cutoff, -160.0)
 
 
 class PaddedNeighbors(NamedTuple):
