@@ -116,9 +116,10 @@ class MLIPCalculator(Calculator):
         close = short[(squares[short] < limit * limit) & (i[short] < j[short])]
         if close.size == 0:
             return
-        if (squares[close] < 1e-16).any():
+        # Closer than 1e-5 Å counts as coincident: float32 vectors resolve ~1e-6 Å.
+        if (squares[close] < 1e-10).any():
             pair = close[np.argmin(squares[close])]
-            raise ValueError(f"atoms {i[pair]} and {j[pair]} sit on top of each other (distance 0)")
+            raise ValueError(f"atoms {i[pair]} and {j[pair]} sit on top of each other (closer than 1e-5 Å)")
         # Warn once per pair, not at every MD step.
         pairs = {(int(i[e]), int(j[e])) for e in close}
         if pairs <= self._warned_pairs:

@@ -214,11 +214,23 @@ def test_close_contact_warns_with_pair(calc):
         atoms.get_potential_energy()
 
 
-def test_coincident_atoms_are_refused(calc):
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_coincident_atoms_are_refused(tmp_path, dtype):
+    calc = mlip_md.MLIPCalculator(mlip_md.export(make_model(), tmp_path / "model.pt", dtype=dtype))
     atoms = Atoms("AlAl", positions=[[1, 1, 1], [1, 1, 1]])
     atoms.calc = calc
     with pytest.raises(ValueError, match="on top of each other"):
         atoms.get_potential_energy()
+    # Also when the skin list is updated rather than rebuilt (a move < skin/2),
+    # where float32 vectors of coincident atoms are rounding noise, not 0.
+    atoms.positions = [[10.3, 7.1, 3.3], [10.7, 7.1, 3.3]]
+    with pytest.warns(mlip_md.CloseContactWarning):
+        atoms.get_potential_energy()
+    builds = calc.neighbors.n_builds
+    atoms.positions[1] = atoms.positions[0] + 1e-7
+    with pytest.raises(ValueError, match="on top of each other"):
+        atoms.get_potential_energy()
+    assert calc.neighbors.n_builds == builds
 
 
 def test_stress_of_non_periodic_system(cluster):
