@@ -256,8 +256,9 @@ def radial_reverse(
     """∂E/∂(1/r², 1/r, log φ_cut) ``[3, B, K]`` of a block of B atoms.
 
     From ∂E/∂environment g ``[B, n_in, n_sens]``, the neighbours' input
-    features z ``[B, K, n_in]`` (None: n_in = 1 and every z is 1), the sensitivities s ``[B, K, n_sens]`` and the
-    coefficient rows of :func:`reverse_weights` c ``[3, n_sens]``:
+    features z ``[B, K, n_in]`` (None: n_in = 1 and every z is 1), the
+    sensitivities s ``[B, K, n_sens]`` and the coefficient rows of
+    :func:`reverse_weights` c ``[3, n_sens]``:
     Σ_ν c[t, ν] s[k, ν] Σ_b z[k, b] g[b, ν]. The log2 e of the base-2
     exponent cancels the ln 2 of d2^x/dx.
     """
