@@ -111,7 +111,7 @@ def radial_terms_of(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 
 def distance_gradient(radial_gradient: torch.Tensor, distances: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """Chain rule from ∂E/∂(1/r², 1/r, log φ_cut) ``[3, N, K]`` to ∂E/∂r ``[N, K]`` (eV/Å).
+    """Chain rule from ∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, N, K]`` to ∂E/∂r ``[N, K]`` (eV/Å).
 
     d(1/r²)/dr = −2/r³, d(1/r)/dr = −1/r², d log φ_cut/dr = −(π/r_cut) tan(π r/(2 r_cut))
     inside the cutoff and 0 beyond it (where log φ_cut is the constant −160).
@@ -125,7 +125,7 @@ def distance_gradient(radial_gradient: torch.Tensor, distances: torch.Tensor, cu
     return (
         radial_gradient[0] * (-2.0 * inverse_squared * inverse)
         - radial_gradient[1] * inverse_squared
-        + radial_gradient[2] * envelope
+        + radial_gradient[3] * envelope
     )
 
 

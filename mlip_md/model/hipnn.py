@@ -137,7 +137,7 @@ class HIPNN(nn.Module):
     ]:
         """Forward pass keeping what :meth:`_reverse` needs, per interaction layer: its input
         features ``[N, n_in]``; its sensitivities, block by block; f'(pre-activation),
-        V, V rearranged, the radial coefficients, W_self and the read-out weight; and per
+        V, V rearranged, the sensitivity coefficients, W_self and the read-out weight; and per
         dense layer its weight and f'(pre-activation). Returns the per-atom energies first."""
         energies = self.reference_energies[graph.species]
         features = nn.functional.one_hot(graph.species, self.n_species).to(self.reference_energies.dtype)
@@ -163,10 +163,10 @@ class HIPNN(nn.Module):
             pre = torch.cat(pre_blocks)
             features = interaction.activation(pre)
             uniform_input = False
-            transposed, radial_coefficients = reverse_weights(interaction.interaction_weights, coefficients)
+            transposed = reverse_weights(interaction.interaction_weights, coefficients.shape[1])
             interaction_saved.append([
                 interaction.activation.derivative(pre, features), interaction.interaction_weights, transposed,
-                radial_coefficients, interaction.self_interaction.weight, readout.weight,
+                coefficients, interaction.self_interaction.weight, readout.weight,
             ])
             layer_saved: List[torch.Tensor] = []
             for layer in dense:
@@ -191,7 +191,7 @@ class HIPNN(nn.Module):
         interaction_saved: List[List[torch.Tensor]],
         dense_saved: List[List[torch.Tensor]],
     ) -> torch.Tensor:
-        """Reverse pass, last layer first: ∂E/∂(1/r², 1/r, log φ_cut) ``[3, N, K]``."""
+        """Reverse pass, last layer first: ∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, N, K]``."""
         n_atoms = graph.neighbors.shape[0]
         dtype, device = graph.radial_terms.dtype, graph.radial_terms.device
         owned = (torch.arange(n_atoms, device=device) < n_owned).to(dtype).unsqueeze(1)
