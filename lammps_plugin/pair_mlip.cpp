@@ -328,12 +328,12 @@ PairMLIP::Evaluation PairMLIP::evaluate()
 
   Evaluation result;
   result.node_energies = energies.narrow(1, 0, graph.n_local_nodes).mean(0).to(torch::kFloat64).contiguous();
-  member_gradients = member_gradients.to(torch::kFloat64);
+  // The tallies read the model's dtype: no float64 copy of every edge gradient of a float32 model.
   if (members > 1) {
     result.gradients = member_gradients.mean(0).contiguous();
-    result.member_gradients = member_gradients.contiguous();
+    result.member_gradients = member_gradients.to(torch::kFloat64).contiguous();
   } else {
-    result.gradients = member_gradients[0].contiguous();    // no copy for a float64 model
+    result.gradients = member_gradients[0].contiguous();    // no copy
   }
   return result;
 }
@@ -343,20 +343,11 @@ PairMLIP::Evaluation PairMLIP::evaluate()
 void PairMLIP::tally(const Evaluation &result)
 {
   const double *energy = result.node_energies.data_ptr<double>();
-  const double *gradients = result.gradients.data_ptr<double>();
-  int n_edges = graph.n_edges();
-  double *f = atom->f[0];    // [nall][3], contiguous
+  bool single = result.gradients.scalar_type() == torch::kFloat32;
   // A NaN or inf anywhere makes these sums non-finite; the run then stops before the step ends.
-  double energy_sum = 0.0, gradient_sum = 0.0;
-  for (int e = 0; e < n_edges; e++) {
-    const double *g = &gradients[3 * e];
-    double *fi = f + 3 * graph.edge_atom_i[e], *fj = f + 3 * graph.edge_atom_j[e];
-    for (int k = 0; k < 3; k++) {
-      fi[k] += g[k];
-      fj[k] -= g[k];
-      gradient_sum += g[k];
-    }
-  }
+  double gradient_sum = single ? tally_forces(result.gradients.data_ptr<float>())
+                               : tally_forces(result.gradients.data_ptr<double>());
+  double energy_sum = 0.0;
   for (int n = 0; n < graph.n_local_nodes; n++) {
     energy_sum += energy[n];
     if (eflag_global) eng_vdwl += energy[n];
@@ -365,16 +356,40 @@ void PairMLIP::tally(const Evaluation &result)
   if (!std::isfinite(energy_sum) || !std::isfinite(gradient_sum))
     error->one(FLERR, "pair_style mlip: the model returned non-finite energies or forces on step {} "
                "(atoms far closer than in any training data?)", update->ntimestep);
-  if (vflag_either) tally_virial(gradients);
+  if (vflag_either) {
+    if (single)
+      tally_virial(result.gradients.data_ptr<float>());
+    else
+      tally_virial(result.gradients.data_ptr<double>());
+  }
+}
+
+/* F_i += g_e, F_j -= g_e for every edge e = (i, j); returns the sum of all gradient components */
+
+template <typename Scalar> double PairMLIP::tally_forces(const Scalar *gradients)
+{
+  int n_edges = graph.n_edges();
+  double *f = atom->f[0];    // [nall][3], contiguous
+  double gradient_sum = 0.0;
+  for (int e = 0; e < n_edges; e++) {
+    const Scalar *g = &gradients[3 * e];
+    double *fi = f + 3 * graph.edge_atom_i[e], *fj = f + 3 * graph.edge_atom_j[e];
+    for (int k = 0; k < 3; k++) {
+      fi[k] += g[k];
+      fj[k] -= g[k];
+      gradient_sum += g[k];
+    }
+  }
+  return gradient_sum;
 }
 
 /* W = -Σ_e r_e (x) g_e, symmetrised per edge; components xx yy zz xy xz yz */
 
-void PairMLIP::tally_virial(const double *gradients)
+template <typename Scalar> void PairMLIP::tally_virial(const Scalar *gradients)
 {
   int n_edges = graph.n_edges();
   for (int e = 0; e < n_edges; e++) {
-    const double *g = &gradients[3 * e];
+    const Scalar *g = &gradients[3 * e];
     const double *r = &graph.edge_vectors[3 * e];
     int i = graph.edge_atom_i[e], j = graph.edge_atom_j[e];
     double w[6] = {-r[0] * g[0],

@@ -106,14 +106,15 @@ class PairMLIP : public Pair {
   void allocate();
   void grow_peratom();
   void build_graph();
-  struct Evaluation {                  // float64 CPU tensors
-    torch::Tensor node_energies;       // [n_local_nodes] mean per-atom energy, eV
-    torch::Tensor gradients;           // [E, 3] mean dE/dr_e, eV/Angstrom
-    torch::Tensor member_gradients;    // [M, E, 3] per member (ensembles only)
+  struct Evaluation {                  // contiguous CPU tensors
+    torch::Tensor node_energies;       // [n_local_nodes] mean per-atom energy, eV, float64
+    torch::Tensor gradients;           // [E, 3] mean dE/dr_e, eV/Angstrom, the model's dtype
+    torch::Tensor member_gradients;    // [M, E, 3] per member (ensembles only), float64
   };
   Evaluation evaluate();
   void tally(const Evaluation &result);
-  void tally_virial(const double *gradients);
+  template <typename Scalar> double tally_forces(const Scalar *gradients);
+  template <typename Scalar> void tally_virial(const Scalar *gradients);
   void tally_members(const Evaluation &result);
 };
 
