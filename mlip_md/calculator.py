@@ -84,8 +84,7 @@ class MLIPCalculator(Calculator):
         self.species_map = SpeciesMap(self.model.species)
         self.close_contact_factor = float(close_contact_factor)
         # Edge vectors in the model's dtype straight from the skin-list update.
-        numpy_dtype = torch.empty(0, dtype=self.model.dtype).numpy().dtype
-        self.neighbors = VerletList(self.model.cutoff, skin, dtype=numpy_dtype)
+        self.neighbors = VerletList(self.model.cutoff, skin, dtype=self.model.metadata["dtype"])
         self._warned_pairs: set = set()
 
     @property

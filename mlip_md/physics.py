@@ -53,11 +53,12 @@ def _run_sums(sorted_index: torch.Tensor, columns: torch.Tensor, n_atoms: int) -
     index_add_, whose adds into one atom form a dependency chain when the
     index is sorted.
     """
+    values = columns.numpy()
     starts = np.searchsorted(sorted_index.numpy(), np.arange(n_atoms + 1))  # [N + 1]
     nonempty = starts[:-1] < starts[1:]  # reduceat would return an element, not 0, for an empty run
-    sums = np.zeros((columns.shape[0], n_atoms), dtype=columns.numpy().dtype)
+    sums = np.zeros((values.shape[0], n_atoms), dtype=values.dtype)
     if nonempty.any():
-        sums[:, nonempty] = np.add.reduceat(columns.numpy(), starts[:-1][nonempty], axis=1)
+        sums[:, nonempty] = np.add.reduceat(values, starts[:-1][nonempty], axis=1)
     return torch.from_numpy(sums)
 
 

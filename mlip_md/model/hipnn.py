@@ -132,6 +132,11 @@ class HIPNN(nn.Module):
         radial_gradient = self._reverse(graph, block, n_owned, inputs, sensitivities, interaction_saved, dense_saved)
         return energies, distance_gradient(radial_gradient, graph.distances, self.cutoff)
 
+    def _uniform_input(self, level: int) -> bool:
+        """Whether the input features of interaction layer ``level`` are 1 everywhere:
+        the species one-hot of a one-species model (see :meth:`Interaction.pre_activation`)."""
+        return level == 0 and self.n_species == 1
+
     def _forward_saving(self, graph: PaddedNeighbors, block: int) -> Tuple[
         torch.Tensor, List[torch.Tensor], List[List[torch.Tensor]], List[List[torch.Tensor]], List[List[torch.Tensor]]
     ]:
@@ -145,9 +150,10 @@ class HIPNN(nn.Module):
         sensitivities: List[List[torch.Tensor]] = []
         interaction_saved: List[List[torch.Tensor]] = []
         dense_saved: List[List[torch.Tensor]] = []
-        # One species: the first layer's one-hot input is 1 everywhere.
-        uniform_input = self.n_species == 1
+        level = 0
         for interaction, dense, readout in zip(self.interactions, self.atom_layers, self.readouts):
+            uniform_input = self._uniform_input(level)
+            level += 1
             inputs.append(features)
             coefficients = interaction.sensitivity.coefficients()
             pre_blocks: List[torch.Tensor] = []
@@ -162,7 +168,6 @@ class HIPNN(nn.Module):
             sensitivities.append(sensitivity_blocks)
             pre = torch.cat(pre_blocks)
             features = interaction.activation(pre)
-            uniform_input = False
             transposed = reverse_weights(interaction.interaction_weights, coefficients.shape[1])
             interaction_saved.append([
                 interaction.activation.derivative(pre, features), interaction.interaction_weights, transposed,
@@ -212,7 +217,7 @@ class HIPNN(nn.Module):
                 radial, neighbor_part = interaction_reverse(
                     pre_gradient, inputs[level], start, graph.neighbors[start : start + block],
                     sensitivities[level][index], weights, transposed, radial_coefficients, level > 0,
-                    level == 0 and self.n_species == 1,
+                    self._uniform_input(level),
                 )
                 if level == len(inputs) - 1:
                     radial_blocks.append(radial)
