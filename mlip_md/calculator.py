@@ -188,9 +188,8 @@ class MLIPCalculator(Calculator):
         if atoms is None:
             raise ValueError("get_hessian needs an Atoms object")
         species, edge_index, neighbors = self._graph(atoms)
-        shift_vectors = torch.from_numpy(neighbors.shifts @ atoms.cell[:]).to(self.device)
-        positions = torch.from_numpy(atoms.positions.copy()).to(self.device)
-        matrix = hessian(self.model.module, species, edge_index, positions, shift_vectors, self.model.dtype)
+        edge_vectors = torch.from_numpy(neighbors.vectors).to(device=self.device, dtype=self.model.dtype)
+        matrix = hessian(self.model.module, species, edge_index, edge_vectors)
         return matrix.cpu().numpy()
 
     @property

@@ -28,6 +28,12 @@ Methods
         exact as long as every atom within ``n_interactions − 1`` edges of
         an atom ``i < n_owned`` has all its edges in the list (always true
         of a complete list; a domain-decomposed graph must include them).
+    ``hessian(species, edge_index, edge_vectors)`` → ``[M, 3N, 3N]`` float
+        ∂²E_m/∂x∂x in eV/Å² of each member's total energy with respect to
+        the atom positions x (row and column ``3a + c``: axis c of atom a;
+        an edge moves with both its atoms, whatever its periodic image).
+        Forward-mode tangents of the hand-written gradient, no autograd;
+        needs a complete list.
 
 Derived quantities (``g_e = ∂E/∂r_e`` for the total energy E):
     forces  F_k = Σ_{e: i_e = k} g_e − Σ_{e: j_e = k} g_e         (eV/Å)
@@ -49,7 +55,7 @@ from typing import Any, Dict, List
 import torch
 
 FORMAT_NAME = "mlip_md.exported_model"
-FORMAT_VERSION = 2  # 2: energies_and_gradients added
+FORMAT_VERSION = 3  # 2: energies_and_gradients added; 3: hessian added
 METADATA_FILE = "mlip_md_metadata.json"
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -178,7 +184,8 @@ def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu") -
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path}: metadata is not a JSON object")
     validate_metadata(metadata, path)
-    if not hasattr(module, "energies_and_gradients"):
-        raise ModelFileError(f"{path}: the module lacks energies_and_gradients; re-export it with mlip_md.export")
+    for method in ("energies_and_gradients", "hessian"):
+        if not hasattr(module, method):
+            raise ModelFileError(f"{path}: the module lacks {method}; re-export it with mlip_md.export")
     module.eval()
     return ExportedModel(module, metadata)

@@ -13,7 +13,7 @@ from torch import nn
 
 from mlip_md import __version__
 from mlip_md.contract import DTYPES, METADATA_FILE, make_metadata, quiet_torchscript
-from mlip_md.model.graph import edge_gradients, edge_lengths, pad_neighbors
+from mlip_md.model.graph import edge_gradients, edge_lengths, pad_neighbors, padded_unit_vectors
 from mlip_md.model.hipnn import HIPNN
 
 
@@ -77,6 +77,19 @@ class DeployedEnsemble(nn.Module):
             gradients = gradients.new_zeros(gradients.shape[0], n_edges, 3).index_copy(1, kept, gradients)
         return torch.stack(energies), gradients
 
+    @torch.jit.export
+    def hessian(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """∂²E_m/∂x∂x ``[M, 3N, 3N]`` (eV/Å²) of each member's total energy; row and
+        column 3a + c are axis c of atom a. Forward-mode tangents of the
+        hand-written gradient, no autograd."""
+        edge_index, edge_vectors, distances, _ = self._within_cutoff(edge_index, edge_vectors)
+        layout = pad_neighbors(species, edge_index, distances, self.cutoff)
+        unit_vectors = padded_unit_vectors(layout, edge_vectors, distances)
+        hessians: List[torch.Tensor] = []
+        for member in self.members:
+            hessians.append(member.position_hessian(layout, unit_vectors))
+        return torch.stack(hessians)
+
 
 def _check_members(models: Sequence[HIPNN]) -> None:
     if not models:
@@ -121,7 +134,7 @@ def export(
         members.append(member)
     with quiet_torchscript():
         scripted = torch.jit.freeze(
-            torch.jit.script(DeployedEnsemble(members).eval()), preserved_attrs=["energies_and_gradients"]
+            torch.jit.script(DeployedEnsemble(members).eval()), preserved_attrs=["energies_and_gradients", "hessian"]
         )
     metadata = make_metadata(
         species=members[0].species,

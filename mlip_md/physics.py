@@ -84,37 +84,14 @@ def evaluate_edges(
 
 
 def hessian(
-    module: torch.jit.ScriptModule,
-    species: torch.Tensor,
-    edge_index: torch.Tensor,
-    positions: torch.Tensor,
-    shift_vectors: torch.Tensor,
-    dtype: torch.dtype,
-    chunk_size: int = 0,
+    module: torch.jit.ScriptModule, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
 ) -> torch.Tensor:
-    """Analytic Hessian ∂²E/∂x∂x of the ensemble-mean energy, ``[3N, 3N]`` in eV/Å².
+    """Analytic Hessian ∂²E/∂x∂x of the ensemble-mean energy, ``[3N, 3N]`` float64 in eV/Å².
 
-    ``positions`` ``[N, 3]`` and ``shift_vectors`` ``[E, 3]`` (image offsets
-    ``shifts @ cell``) in float64, Å. The gradient comes from the module's
-    hand-written ``energies_and_gradients``; its rows are differentiated by
-    batched backward passes (``is_grads_batched``), ``chunk_size`` rows at a
-    time (0: chosen from the number of edges).
+    ``edge_vectors`` ``[E, 3]`` in the model's dtype. Row and column 3a + c are
+    axis c of atom a. The module's ``hessian`` differentiates its hand-written
+    gradient in forward mode, all coordinates at once (no autograd graph).
     """
-    positions = positions.detach().requires_grad_(True)
-    edge_vectors = positions[edge_index[1]] - positions[edge_index[0]] + shift_vectors
-    with torch.jit.optimized_execution(False):
-        _, edge_gradients = module.energies_and_gradients(species, edge_index, edge_vectors.to(dtype))
-    # ∂E/∂x = −F of the member mean, [3N]
-    gradient = -forces_from_edge_gradients(edge_index, edge_gradients, species.shape[0]).mean(0).reshape(-1)
-    n = gradient.shape[0]
-    rows = []
-    identity = torch.eye(n, dtype=gradient.dtype, device=gradient.device)
-    if chunk_size <= 0:
-        chunk_size = max(4, min(64, 16000 // max(1, edge_index.shape[1])))
-    for start in range(0, n, chunk_size):
-        probes = identity[start : start + chunk_size]
-        (block,) = torch.autograd.grad(
-            gradient, positions, grad_outputs=probes, retain_graph=True, is_grads_batched=True
-        )
-        rows.append(block.reshape(probes.shape[0], n))
-    return torch.cat(rows).to(torch.float64)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        member_hessians = module.hessian(species, edge_index, edge_vectors)
+    return member_hessians.to(torch.float64).mean(0)

@@ -143,3 +143,18 @@ def edge_gradients(
     if order is not None:
         per_edge = torch.empty_like(per_edge).index_copy_(1, order, per_edge)  # input order
     return (per_edge / distances).unsqueeze(-1) * edge_vectors
+
+
+def padded_unit_vectors(graph: PaddedNeighbors, edge_vectors: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+    """r_e/|r_e| in the padded layout, ``[N, K, 3]``, zero on padding slots.
+
+    ``edge_vectors`` ``[E, 3]`` and their lengths ``distances`` ``[E]`` are the
+    edges the layout was built from, in their input order.
+    """
+    units = edge_vectors / distances.unsqueeze(1)
+    order = graph.order  # a local, so that TorchScript refines its Optional type
+    if order is not None:
+        units = units.index_select(0, order)  # sorted by centre, as the layout
+    n_atoms, width = graph.neighbors.shape
+    padded = torch.zeros(n_atoms, width, 3, dtype=units.dtype, device=units.device)
+    return padded.masked_scatter_(graph.occupied.unsqueeze(-1).expand(n_atoms, width, 3), units)

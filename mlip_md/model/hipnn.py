@@ -19,7 +19,21 @@ import torch
 from torch import nn
 
 from mlip_md.model.graph import PaddedNeighbors, distance_gradient, edge_lengths, pad_neighbors
-from mlip_md.model.layers import Interaction, interaction_reverse, make_activation, reverse_weights
+from mlip_md.model.hessian import (
+    LayerTerms,
+    atom_block_terms,
+    position_hessian,
+    radial_slopes,
+    sensitivity_slopes,
+)
+from mlip_md.model.layers import (
+    Interaction,
+    gather_neighbors,
+    interaction_reverse,
+    make_activation,
+    reverse_weights,
+    sensitivities_from,
+)
 from mlip_md.species import validate_species
 
 
@@ -228,6 +242,104 @@ class HIPNN(nn.Module):
                 # self-interaction part plus neighbour part
                 gradient = pre_gradient @ self_weight + torch.cat(neighbor_parts)
         return torch.cat(radial_blocks, dim=1)
+
+    def position_hessian(self, graph: PaddedNeighbors, unit_vectors: torch.Tensor) -> torch.Tensor:
+        """∂²E/∂x∂x ``[3N, 3N]`` in eV/Å² for E = Σ_i E_i (row and column 3a + c: axis c of atom a).
+
+        ``unit_vectors`` ``[N, K, 3]``: r_ij/|r_ij| of every slot of ``graph``,
+        zero on padding slots. Forward-mode tangents of the hand-written
+        gradient, all coordinates at once (see :mod:`mlip_md.model.hessian`);
+        needs the full (symmetric) neighbour list.
+        """
+        layers, gradient, curvature = self._hessian_terms(graph)
+        return position_hessian(
+            layers, gradient, curvature, graph.neighbors, graph.occupied, graph.distances, unit_vectors
+        )
+
+    def _hessian_terms(self, graph: PaddedNeighbors) -> Tuple[List[LayerTerms], torch.Tensor, torch.Tensor]:
+        """Per-layer :class:`LayerTerms`, ∂E/∂r ``[N, K]`` and Σ_layers C ``[N, K]`` (see
+        :mod:`mlip_md.model.hessian`): one forward and one reverse pass, unblocked."""
+        neighbors = graph.neighbors
+        n_atoms, width = neighbors.shape
+        slopes, curvatures = radial_slopes(graph.distances, self.cutoff)
+        features = nn.functional.one_hot(graph.species, self.n_species).to(self.reference_energies.dtype)
+        # Forward, per layer: input z, neighbours' z, s, w, w2, V, W, read-out weight.
+        saved: List[List[torch.Tensor]] = []
+        # Per layer: the dense weights, and f', f'' of each activation (the interaction's first).
+        dense_weights: List[List[torch.Tensor]] = []
+        derivatives: List[List[torch.Tensor]] = []
+        second_derivatives: List[List[torch.Tensor]] = []
+        for interaction, dense, readout in zip(self.interactions, self.atom_layers, self.readouts):
+            coefficients = interaction.sensitivity.coefficients()
+            sensitivities = sensitivities_from(graph.radial_terms, coefficients)  # [N, K, S]
+            slope, curvature = sensitivity_slopes(sensitivities, slopes, curvatures, coefficients)
+            gathered = gather_neighbors(features, neighbors)  # [N, K, F_in]
+            environment = torch.bmm(gathered.transpose(1, 2), sensitivities)  # [N, F_in, S]
+            pre = environment.reshape(n_atoms, -1) @ interaction.interaction_weights
+            pre = pre + interaction.self_interaction(features)
+            output = interaction.activation(pre)
+            saved.append([
+                features, gathered, sensitivities, slope, curvature,
+                interaction.interaction_weights, interaction.self_interaction.weight, readout.weight,
+            ])
+            layer_weights: List[torch.Tensor] = []
+            layer_derivatives = [interaction.activation.derivative(pre, output)]
+            layer_second = [interaction.activation.second_derivative(pre, output)]
+            for layer in dense:
+                if hasattr(layer, "derivative"):
+                    output = layer(pre)
+                    layer_derivatives.append(layer.derivative(pre, output))
+                    layer_second.append(layer.second_derivative(pre, output))
+                else:
+                    pre = layer(output)
+                    layer_weights.append(layer.weight)
+            dense_weights.append(layer_weights)
+            derivatives.append(layer_derivatives)
+            second_derivatives.append(layer_second)
+            features = output
+        # Reverse, last layer first.
+        layers: List[LayerTerms] = []
+        gradient = torch.zeros(n_atoms, 1, dtype=features.dtype, device=features.device)  # ∂E/∂(layer output)
+        distance_gradient = torch.zeros(n_atoms, width, dtype=features.dtype, device=features.device)
+        curvature_sum = torch.zeros_like(distance_gradient)
+        flat_neighbors = neighbors.reshape(-1)
+        for level in range(len(saved) - 1, -1, -1):
+            inputs, gathered, sensitivities, slope, curvature, weights, self_weight, readout_weight = saved[level]
+            n_in, n_sens, n_out = inputs.shape[1], sensitivities.shape[2], weights.shape[1]
+            gradient = gradient + readout_weight
+            layer_weights, layer_derivatives = dense_weights[level], derivatives[level]
+            output_gradients = [gradient]  # ∂E/∂(output of each activation), last first
+            for index in range(len(layer_weights) - 1, -1, -1):
+                gradient = (gradient * layer_derivatives[index + 1]) @ layer_weights[index]
+                output_gradients.insert(0, gradient)
+            jacobian, block_curvature = atom_block_terms(
+                layer_weights, layer_derivatives, second_derivatives[level], output_gradients
+            )
+            pre_gradient = gradient * layer_derivatives[0]  # [N, F_out]
+            environment_gradient = (pre_gradient @ weights.t()).view(n_atoms, n_in, n_sens)  # G
+            sensitivity_gradient = torch.bmm(gathered, environment_gradient)  # [N, K, S]
+            distance_gradient = distance_gradient + (sensitivity_gradient * slope).sum(-1)
+            curvature_sum = curvature_sum + (sensitivity_gradient * curvature).sum(-1)
+            projected = (inputs @ weights.view(n_in, n_sens * n_out)).view(n_atoms, n_sens, n_out)
+            radial = torch.bmm(
+                slope.view(-1, 1, n_sens), projected.index_select(0, flat_neighbors).view(-1, n_sens, n_out)
+            ).view(n_atoms, width, n_out)
+            empty = inputs.new_empty(0)
+            forward_weights, reverse_weights_, center, neighbor = empty, empty, empty, empty
+            if level > 0:
+                rearranged = weights.view(n_in, n_sens, n_out).permute(1, 2, 0).reshape(n_sens, n_out * n_in)
+                products = (sensitivities.view(-1, n_sens) @ rearranged).view(n_atoms, width, n_out, n_in)  # U
+                forward_weights = products.permute(0, 2, 1, 3).reshape(n_atoms, n_out, width * n_in)
+                reverse_weights_ = products.permute(0, 3, 1, 2).reshape(n_atoms, n_in, width * n_out)
+                center = torch.bmm(slope, environment_gradient.transpose(1, 2))  # [N, K, F_in]
+                neighbor_environment = environment_gradient.index_select(0, flat_neighbors).view(-1, n_in, n_sens)
+                neighbor = torch.bmm(neighbor_environment, slope.view(-1, n_sens, 1)).view(n_atoms, width, n_in)
+                passed = torch.bmm(neighbor_environment, sensitivities.view(-1, n_sens, 1))
+                gradient = pre_gradient @ self_weight + passed.view(n_atoms, width, n_in).sum(1)
+            layers.insert(0, LayerTerms(
+                jacobian, block_curvature, self_weight, radial, forward_weights, reverse_weights_, center, neighbor
+            ))
+        return layers, distance_gradient, curvature_sum
 
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor

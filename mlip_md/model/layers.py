@@ -9,9 +9,10 @@ from torch import nn
 from mlip_md.model.graph import EXPONENT_FLOOR, LOG2_E, PaddedNeighbors
 
 
-# Activations carry their derivative, written from the input x and the output
-# y = f(x), for the hand-written reverse pass (see
-# :meth:`mlip_md.model.hipnn.HIPNN.energies_and_distance_gradients`).
+# Activations carry their first and second derivatives, written from the input
+# x and the output y = f(x), for the hand-written reverse pass (see
+# :meth:`mlip_md.model.hipnn.HIPNN.energies_and_distance_gradients`) and its
+# tangents (:mod:`mlip_md.model.hessian`).
 
 
 class Softplus(nn.Module):
@@ -33,30 +34,45 @@ class Softplus(nn.Module):
     def derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x)
 
+    def second_derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        sigmoid = torch.sigmoid(x)
+        return sigmoid * (1.0 - sigmoid)
+
 
 class SiLU(nn.SiLU):
-    """silu(x) = x·sigmoid(x); f' = σ(x)·(1 + x·(1 − σ(x)))."""
+    """silu(x) = x·sigmoid(x); f' = σ(x)·(1 + x·(1 − σ(x))), f'' = σ(1 − σ)·(2 + x·(1 − 2σ))."""
 
     def derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         sigmoid = torch.sigmoid(x)
         return sigmoid * (1.0 + x * (1.0 - sigmoid))
 
+    def second_derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        sigmoid = torch.sigmoid(x)
+        return sigmoid * (1.0 - sigmoid) * (2.0 + x * (1.0 - 2.0 * sigmoid))
+
 
 class Tanh(nn.Tanh):
-    """tanh(x); f' = 1 − y²."""
+    """tanh(x); f' = 1 − y², f'' = −2y(1 − y²)."""
 
     def derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 1.0 - y * y
 
+    def second_derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -2.0 * y * (1.0 - y * y)
+
 
 class CELU(nn.CELU):
-    """celu(x) with α = 1: x above 0, eˣ − 1 below; f' = 1 above 0, y + 1 below."""
+    """celu(x) with α = 1: x above 0, eˣ − 1 below; f' = 1 above 0, y + 1 below; f'' = 0 above 0,
+    y + 1 below (f'' jumps at 0: the Hessian is discontinuous there)."""
 
     def __init__(self):
         super().__init__(alpha=1.0)
 
     def derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.where(x > 0, torch.ones_like(x), y + 1.0)
+
+    def second_derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, torch.zeros_like(x), y + 1.0)
 
 
 ACTIVATIONS = {"softplus": Softplus, "silu": SiLU, "tanh": Tanh, "celu": CELU}

@@ -1,0 +1,249 @@
+"""Analytic position Hessians of HIP-NN by tangents of the hand-written gradient.
+
+The gradient of :meth:`mlip_md.model.hipnn.HIPNN.energies_and_distance_gradients`
+is differentiated in forward mode: one tangent per Cartesian coordinate of an
+atom, all of them carried side by side as the last dimension ``T`` of every
+tangent tensor, so that each step is a batched matrix product rather than one
+backward pass per Hessian row.
+
+Notation (one interaction layer; the neighbour slot k of atom i holds atom
+j = n(i, k) at distance d_ik; S sensitivities; input features z, b = 1..F_in;
+output features a = 1..F_out; V the interaction weights, ``[(b, S), a]``)::
+
+    forward   p_i[a] = Σ_k Σ_{b,S} V[(b,S), a] s_ikS z_jb + (W z_i)[a] + c[a]
+    reverse   G_i[b, S] = Σ_a V[(b,S), a] g_i[a]          g = ∂E/∂p
+              ∂E/∂s_ikS = Σ_b z_jb G_i[b, S],  ∂E/∂d_ik = Σ_S ∂E/∂s_ikS w_ikS
+              ∂E/∂z_j ∋ Σ_k Σ_S s_jkS G_n(j,k)[·, S]  (the full list is symmetric)
+
+with w = ∂s/∂d and w2 = ∂²s/∂d². A tangent of the distances ḋ [N, K, T]
+enters every sensitivity as ṡ_ikS = w_ikS ḋ_ik: rank one in (S, T), so
+every sum over S is taken once, before T appears. What is left per layer are
+T-independent coefficients (:class:`LayerTerms`)::
+
+    R_ik[a]    = Σ_S w_ikS Σ_b z_jb V[(b,S), a]     ṗ_i ∋ Σ_k R_ik ḋ_ik,  ḃ_ik ∋ Σ_a R_ik[a] ġ_i[a]
+    U_ik[a, b] = Σ_S s_ikS V[(b,S), a]              ṗ_i ∋ Σ_k U_ik ż_j,   ∂E/∂z_j tangent ∋ Σ_k U_jkᵀ ġ_n(j,k)
+    M_ik[b]    = Σ_S w_ikS G_i[b, S]                ḃ_ik ∋ Σ_b M_ik[b] ż_jb
+    P_ik[b]    = Σ_S w_ikS G_j[b, S]                ∂E/∂z_i tangent ∋ Σ_k P_ik ḋ_ik
+    C_ik       = Σ_S ∂E/∂s_ikS w2_ikS               ḃ_ik ∋ C_ik ḋ_ik
+
+where ḃ is the tangent of b = ∂E/∂d. The only products whose cost grows
+with T times the neighbour work are the U terms, [F_out, K·F_in] by
+[K·F_in, T] per atom. Finally, with u = r/d per slot,
+∂E/∂x_a = Σ_slots b (δ_{a j} − δ_{a i}) u, whose tangent gives the Hessian
+(:func:`assemble_columns` for the ḃ part, :func:`geometric_hessian` for the
+b · ∂u/∂x part).
+"""
+
+import math
+from typing import List, NamedTuple, Tuple
+
+import torch
+
+
+class LayerTerms(NamedTuple):
+    """The T-independent coefficients of one interaction block (see the module docstring).
+
+    The block's atom-wise part, y = f_L(W_L ⋯ f_1(W_1 f_0(p))) (the interaction
+    activation and the dense layers), acts on tangents through two per-atom
+    matrices: ẏ = J ṗ, and ∂E/∂p's tangent is Jᵀ (∂E/∂y)˙ + Q ṗ (see
+    :func:`atom_block_terms`).
+    """
+
+    jacobian: torch.Tensor  # [N, F_out, F_out] J = ∂y/∂p
+    curvature: torch.Tensor  # [N, F_out, F_out] Q = ∂²(g · y)/∂p², g = ∂E/∂y held fixed
+    self_weight: torch.Tensor  # [F_out, F_in] W
+    radial: torch.Tensor  # [N, K, F_out] R
+    forward_weights: torch.Tensor  # [N, F_out, K·F_in] U rearranged; empty for the first layer
+    reverse_weights: torch.Tensor  # [N, F_in, K·F_out] Uᵀ rearranged; empty for the first layer
+    center: torch.Tensor  # [N, K, F_in] M; empty for the first layer
+    neighbor: torch.Tensor  # [N, K, F_in] P; empty for the first layer
+
+
+def atom_block_terms(
+    weights: List[torch.Tensor],
+    derivatives: List[torch.Tensor],
+    second_derivatives: List[torch.Tensor],
+    output_gradients: List[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """J ``[N, F, F]`` and Q ``[N, F, F]`` of y = f_L(W_L ⋯ f_1(W_1 f_0(p))).
+
+    Activation k has f'(x_k), f''(x_k) ``[N, F]`` at its input x_k (x_0 = p,
+    x_k = W_k y_{k−1} + c_k) and ∂E/∂y_k ``[N, F]``; ``weights`` are W_1 … W_L.
+    With A_k = ∂x_k/∂p: Q = Σ_k A_kᵀ diag(∂E/∂y_k ⊙ f''(x_k)) A_k and J = diag(f'(x_L)) A_L.
+    """
+    n_atoms, width = derivatives[0].shape
+    identity = torch.eye(width, dtype=derivatives[0].dtype, device=derivatives[0].device)
+    pre_jacobian = identity.expand(n_atoms, width, width)  # A_0
+    jacobian = pre_jacobian
+    curvature = torch.zeros(n_atoms, width, width, dtype=identity.dtype, device=identity.device)
+    for k in range(len(derivatives)):
+        if k > 0:
+            pre_jacobian = torch.matmul(weights[k - 1], jacobian)
+        weighted = (output_gradients[k] * second_derivatives[k]).unsqueeze(-1) * pre_jacobian
+        curvature = curvature + torch.bmm(pre_jacobian.transpose(1, 2), weighted)
+        jacobian = derivatives[k].unsqueeze(-1) * pre_jacobian
+    return jacobian, curvature
+
+
+def radial_slopes(distances: torch.Tensor, cutoff: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """First and second derivatives by r of (1/r², 1/r, 1, log φ_cut(r)), each ``[4, ...]``.
+
+    log φ_cut = log cos²(a r), a = π/(2 r_cut): slope −2a tan(a r), curvature
+    −2a²/cos²(a r) inside the cutoff, 0 beyond (see
+    :func:`mlip_md.model.graph.log_cutoff_envelope`).
+    """
+    inverse = distances.reciprocal()
+    inverse_squared = inverse * inverse
+    scale = 0.5 * math.pi / cutoff
+    inside = distances < cutoff
+    tangent = torch.tan(scale * distances)
+    zeros = torch.zeros_like(distances)
+    envelope_slope = torch.where(inside, (-2.0 * scale) * tangent, zeros)
+    envelope_curvature = torch.where(inside, (-2.0 * scale * scale) * (1.0 + tangent * tangent), zeros)
+    slopes = torch.stack([-2.0 * inverse_squared * inverse, -inverse_squared, zeros, envelope_slope])
+    curvatures = torch.stack([6.0 * inverse_squared * inverse_squared, 2.0 * inverse_squared * inverse, zeros,
+                              envelope_curvature])
+    return slopes, curvatures
+
+
+def sensitivity_slopes(
+    sensitivities: torch.Tensor, slopes: torch.Tensor, curvatures: torch.Tensor, coefficients: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """w = ∂s/∂r and w2 = ∂²s/∂r², ``[N, K, S]``, of s = exp(Σ_t coefficients[t] · term_t(r)).
+
+    ``slopes``/``curvatures`` from :func:`radial_slopes`, ``coefficients`` ``[4, S]``.
+    """
+    slope = slopes.movedim(0, -1) @ coefficients  # [N, K, S] ∂exponent/∂r
+    curvature = curvatures.movedim(0, -1) @ coefficients
+    return sensitivities * slope, sensitivities * (slope * slope + curvature)
+
+
+def distance_seeds(neighbors: torch.Tensor, unit_vectors: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    """ḋ ``[N, K, 3 (last − first)]``: tangents of the slot distances for unit moves of atoms first..last−1.
+
+    Tangent (m, c) moves atom m along axis c: ḋ_ik = u_ik[c] (δ_{n(i,k), m} − δ_{i, m}).
+    ``unit_vectors`` ``[N, K, 3]`` is zero on padding slots, whose distance is fixed.
+    """
+    n_atoms, width = neighbors.shape
+    moved = torch.arange(first, last, device=neighbors.device)
+    as_neighbor = (neighbors.unsqueeze(-1) == moved).to(unit_vectors.dtype)  # [N, K, Mc]
+    as_center = (torch.arange(n_atoms, device=neighbors.device).unsqueeze(1) == moved).to(unit_vectors.dtype)
+    signs = as_neighbor - as_center.unsqueeze(1)  # [N, K, Mc]
+    return (signs.unsqueeze(-1) * unit_vectors.unsqueeze(2)).view(n_atoms, width, -1)
+
+
+def _gather(tangents: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
+    """Rows of ``tangents`` ``[N, F, T]`` for every neighbour slot, as ``[N, K·F, T]``."""
+    n_atoms, width = neighbors.shape
+    return tangents.index_select(0, neighbors.reshape(-1)).view(n_atoms, width * tangents.shape[1], -1)
+
+
+def distance_gradient_tangents(
+    layers: List[LayerTerms], curvature: torch.Tensor, neighbors: torch.Tensor, seeds: torch.Tensor
+) -> torch.Tensor:
+    """ḃ ``[N, K, T]``: tangents of b = ∂E/∂d for distance tangents ``seeds`` ḋ ``[N, K, T]``.
+
+    ``curvature`` ``[N, K]`` is Σ_layers C. A forward pass carries ṗ and ż
+    up the layers, a reverse pass ġ back down (see the module docstring).
+    """
+    n_atoms, width, n_tangents = seeds.shape
+    # Forward: tangents of every layer's pre-activations ṗ and of the neighbours' inputs ż.
+    pre_tangents: List[torch.Tensor] = []
+    gathered_inputs: List[torch.Tensor] = []  # [N, K·F_in, T]; empty for the first layer (fixed one-hot)
+    features = seeds.new_empty(0)  # ż of the layer's input
+    for level, layer in enumerate(layers):
+        pre = torch.bmm(layer.radial.transpose(1, 2), seeds)  # [N, F_out, T]
+        gathered = seeds.new_empty(0)
+        if level > 0:
+            gathered = _gather(features, neighbors)
+            pre = pre + torch.bmm(layer.forward_weights, gathered) + torch.matmul(layer.self_weight, features)
+        gathered_inputs.append(gathered)
+        pre_tangents.append(pre)
+        features = torch.bmm(layer.jacobian, pre)
+    # Reverse: tangents ġ of ∂E/∂p down the layers, collecting ḃ on the way.
+    result = curvature.unsqueeze(-1) * seeds
+    gradient = seeds.new_empty(0)  # tangent of ∂E/∂(block output); 0 at the top (the read-outs are fixed)
+    for level in range(len(layers) - 1, -1, -1):
+        layer = layers[level]
+        pre = torch.bmm(layer.curvature, pre_tangents[level])
+        if level < len(layers) - 1:
+            pre = pre + torch.bmm(layer.jacobian.transpose(1, 2), gradient)
+        result = result + torch.bmm(layer.radial, pre)
+        if level > 0:
+            gathered = gathered_inputs[level].view(n_atoms * width, -1, n_tangents)
+            result = result + torch.bmm(layer.center.view(n_atoms * width, 1, -1), gathered).view(
+                n_atoms, width, n_tangents
+            )
+            gradient = (
+                torch.bmm(layer.neighbor.transpose(1, 2), seeds)
+                + torch.bmm(layer.reverse_weights, _gather(pre, neighbors))
+                + torch.matmul(layer.self_weight.t(), pre)
+            )
+    return result
+
+
+def assemble_columns(
+    neighbors: torch.Tensor, unit_vectors: torch.Tensor, gradient_tangents: torch.Tensor
+) -> torch.Tensor:
+    """The ḃ part of the Hessian columns, ``[N, 3, T]``: Σ_slots ḃ (δ_{a j} − δ_{a i}) u."""
+    n_atoms, width, n_tangents = gradient_tangents.shape
+    outgoing = torch.bmm(unit_vectors.transpose(1, 2), gradient_tangents)  # [N, 3, T]
+    products = unit_vectors.view(-1, 3, 1) * gradient_tangents.view(-1, 1, n_tangents)  # [N·K, 3, T]
+    incoming = torch.zeros_like(outgoing).index_add_(0, neighbors.reshape(-1), products)
+    return incoming - outgoing
+
+
+def geometric_hessian(
+    neighbors: torch.Tensor,
+    occupied: torch.Tensor,
+    distances: torch.Tensor,
+    unit_vectors: torch.Tensor,
+    distance_gradient: torch.Tensor,
+) -> torch.Tensor:
+    """Σ_slots b ∂²d/∂x∂x, ``[N, N, 3, 3]`` (atom, atom, axis, axis): the part of the
+    Hessian from the turning of the unit vectors.
+
+    ∂²d/∂x_j∂x_j = ∂²d/∂x_i∂x_i = −∂²d/∂x_i∂x_j = (I − u uᵀ)/d for slot (i, j).
+    """
+    n_atoms, width = neighbors.shape
+    identity = torch.eye(3, dtype=unit_vectors.dtype, device=unit_vectors.device)
+    scale = torch.where(occupied, distance_gradient / distances, torch.zeros_like(distances)).view(-1, 1, 1)
+    units = unit_vectors.view(-1, 3)
+    blocks = (scale * (identity - units.unsqueeze(2) * units.unsqueeze(1))).view(-1, 9)  # [N·K, 9]
+    centers = torch.arange(n_atoms, device=neighbors.device).unsqueeze(1).expand(n_atoms, width).reshape(-1)
+    others = neighbors.reshape(-1)
+    index = torch.cat([centers * (n_atoms + 1), others * (n_atoms + 1), centers * n_atoms + others,
+                       others * n_atoms + centers])
+    values = torch.cat([blocks, blocks, -blocks, -blocks])
+    hessian = torch.zeros(n_atoms * n_atoms, 9, dtype=blocks.dtype, device=blocks.device)
+    return hessian.index_add_(0, index, values).view(n_atoms, n_atoms, 3, 3)
+
+
+def position_hessian(
+    layers: List[LayerTerms],
+    distance_gradient: torch.Tensor,
+    curvature: torch.Tensor,
+    neighbors: torch.Tensor,
+    occupied: torch.Tensor,
+    distances: torch.Tensor,
+    unit_vectors: torch.Tensor,
+    tangent_budget: int = 1 << 21,
+) -> torch.Tensor:
+    """∂²E/∂x∂x ``[3N, 3N]`` (row and column 3a + c: axis c of atom a).
+
+    ``distance_gradient`` b ``[N, K]`` and ``curvature`` Σ C ``[N, K]`` come
+    from the same pass as ``layers``. Atoms are moved in chunks whose
+    largest tangent tensor, ``[N, K·F, T]``, holds about ``tangent_budget`` elements.
+    """
+    n_atoms, width = neighbors.shape
+    features = max([layer.jacobian.shape[1] for layer in layers])
+    chunk = max(1, tangent_budget // max(1, 3 * n_atoms * width * features))
+    hessian = geometric_hessian(neighbors, occupied, distances, unit_vectors, distance_gradient)
+    hessian = hessian.permute(0, 2, 1, 3).contiguous()  # [N, 3, N, 3]
+    for first in range(0, n_atoms, chunk):
+        last = min(n_atoms, first + chunk)
+        seeds = distance_seeds(neighbors, unit_vectors, first, last)
+        tangents = distance_gradient_tangents(layers, curvature, neighbors, seeds)
+        columns = assemble_columns(neighbors, unit_vectors, tangents).view(n_atoms, 3, last - first, 3)
+        hessian[:, :, first:last, :] += columns
+    return hessian.view(3 * n_atoms, 3 * n_atoms)
