@@ -6,8 +6,9 @@ For a float64 export of a random-weight ``mlip_md.HIPNN`` (species C, H, O, N;
 2 interaction blocks, 20 features, 20 sensitivities, 3 atom layers, cutoff
 5 Å) served by ``mlip_md.MLIPCalculator``, one CPU thread:
 
-* ``analytic``: ``calc.get_hessian(atoms)`` (batched backward passes through
-  the exported module's hand-written gradient);
+* ``analytic``: ``calc.get_hessian(atoms)`` (the exported module's
+  ``hessian``: forward-mode tangents of its hand-written gradient, all 3N
+  coordinates at once);
 * ``finite differences``: H[:, k] = −(F(x + h e_k) − F(x − h e_k)) / 2h over
   all 3N coordinates, i.e. 6N ``get_forces()`` calls of the same calculator,
   h = ``--step`` Å (default 1e-4: in float64 the truncation error, O(h²),
@@ -19,10 +20,12 @@ and the agreement
 max|H_an − H_fd| / max|H_fd| for h/10, h and 10·h (which should scale as h²
 until round-off takes over), plus the analytic Hessian's asymmetry.
 
-Systems (open boundaries, both rattled by σ = 0.01 Å with a fixed seed to
-break symmetries): aspirin, C9H8O4, 21 atoms, built here from standard bond
-lengths and angles (acetoxy group perpendicular to the ring), and C60
-(60 atoms, truncated icosahedron with 1.44 Å bonds).
+Systems (all rattled by σ = 0.01 Å with a fixed seed to break symmetries):
+aspirin, C9H8O4, 21 atoms, built here from standard bond lengths and angles
+(acetoxy group perpendicular to the ring), and C60 (60 atoms, truncated
+icosahedron with 1.44 Å bonds), both with open boundaries; and periodic
+diamond, 2×2×2 conventional cells (64 atoms, a = 3.567 Å, a 7.1 Å cell:
+several images of a pair lie within the cutoff).
 
 The model's cos² cutoff envelope is C¹ but not C²: its second derivative
 jumps at r = r_cut. Whenever a displacement ±h moves a pair across the
@@ -51,6 +54,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import ase  # noqa: E402
+import ase.build  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ase.neighborlist import natural_cutoffs, neighbor_list as ase_neighbor_list  # noqa: E402
@@ -118,8 +122,9 @@ def fullerene() -> ase.Atoms:
 
 
 def build_systems() -> dict:
-    """{name: Atoms}: the two test molecules, checked, then rattled."""
-    systems = {"aspirin": (aspirin(), 21), "C60": (fullerene(), 90)}
+    """{name: Atoms}: the two test molecules and the diamond cell, checked, then rattled."""
+    diamond = ase.build.bulk("C", "diamond", a=3.567, cubic=True) * (2, 2, 2)
+    systems = {"aspirin": (aspirin(), 21), "C60": (fullerene(), 90), "diamond": (diamond, 128)}
     for atoms, n_bonds in systems.values():
         check_geometry(atoms, n_bonds)
         atoms.rattle(stdev=RATTLE, seed=SEED)
@@ -127,8 +132,8 @@ def build_systems() -> dict:
 
 
 def cutoff_clearance(atoms: ase.Atoms) -> float:
-    """Smallest |r_ij − r_cut| over all pairs, Å."""
-    distances = atoms.get_all_distances()[np.triu_indices(len(atoms), 1)]
+    """Smallest |r_ij − r_cut| over all pairs (periodic images included), Å."""
+    distances = ase_neighbor_list("d", atoms, ARCHITECTURE["cutoff"] + 1.0)
     return float(np.abs(distances - ARCHITECTURE["cutoff"]).min())
 
 

@@ -94,21 +94,23 @@ def test_unsorted_edges_and_edges_beyond_the_cutoff(tmp_path):
     _check(tmp_path, [make_model()], atoms, ("Al", "Cu"), list_cutoff=7.5, shuffle=True)
 
 
-def test_chunks_of_tangents_give_the_same_hessian():
+def test_chunks_of_tangents_and_both_neighbour_products_match_autograd(tmp_path):
     model = make_model().double()
     atoms = random_cell()
-    species, edge_index, vectors = graph_inputs(atoms)
+    species, edge_index, vectors, shifts = _inputs(atoms, ("Al", "Cu"), model.cutoff)
+    module = load_exported(mlip_md.export(model, tmp_path / "model.pt")).module
+    expected = _autograd_hessians(module, species, edge_index, torch.from_numpy(atoms.positions.copy()), shifts)[0]
     distances = edge_lengths(vectors)
     layout = pad_neighbors(species, edge_index, distances, model.cutoff)
     units = padded_unit_vectors(layout, vectors, distances)
     with torch.no_grad():
-        whole = model.position_hessian(layout, units)
-        layers, gradient, curvature = model._hessian_terms(layout)
-        for budget in (1, 5000):  # one atom per chunk; a few atoms per chunk
-            chunked = position_hessian(
-                layers, gradient, curvature, layout.neighbors, layout.occupied, layout.distances, units, budget
-            )
-            torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+        for pair_matrices in (False, True):  # per-slot gathers; per-pair matrices
+            layers, gradient, curvature = model._hessian_terms(layout, units, pair_matrices)
+            for chunk in (1, 5, 12):  # atoms per chunk: 12 chunks, 3 (the last one shorter), 1
+                hessian = position_hessian(
+                    layers, gradient, curvature, layout.neighbors, layout.occupied, layout.distances, units, 1, chunk
+                )
+                torch.testing.assert_close(hessian, expected, rtol=0, atol=1e-11 * float(expected.abs().max()))
         # b = ∂E/∂r of the same pass is the hand-written gradient of the forward pass
         _, expected_gradient = model.energies_and_distance_gradients(layout, len(atoms))
         torch.testing.assert_close(gradient, expected_gradient, rtol=0, atol=1e-12)

@@ -22,7 +22,7 @@ T-independent coefficients (:class:`LayerTerms`)::
 
     R_ik[a]    = Σ_S w_ikS Σ_b z_jb V[(b,S), a]     ṗ_i ∋ Σ_k R_ik ḋ_ik,  ḃ_ik ∋ Σ_a R_ik[a] ġ_i[a]
     U_ik[a, b] = Σ_S s_ikS V[(b,S), a]              ṗ_i ∋ Σ_k U_ik ż_j,   ∂E/∂z_j tangent ∋ Σ_k U_jkᵀ ġ_n(j,k)
-    M_ik[b]    = Σ_S w_ikS G_i[b, S]                ḃ_ik ∋ Σ_b M_ik[b] ż_jb
+    M_ik[b]    = Σ_S w_ikS G_i[b, S]                ḃ_ik ∋ Σ_b M_ik[b] ż_jb  (taken to the Hessian directly)
     P_ik[b]    = Σ_S w_ikS G_j[b, S]                ∂E/∂z_i tangent ∋ Σ_k P_ik ḋ_ik
     C_ik       = Σ_S ∂E/∂s_ikS w2_ikS               ḃ_ik ∋ C_ik ḋ_ik
 
@@ -53,9 +53,9 @@ class LayerTerms(NamedTuple):
     curvature: torch.Tensor  # [N, F_out, F_out] Q = ∂²(g · y)/∂p², g = ∂E/∂y held fixed
     self_weight: torch.Tensor  # [F_out, F_in] W
     radial: torch.Tensor  # [N, K, F_out] R
-    forward_weights: torch.Tensor  # [N, F_out, K·F_in] U rearranged; empty for the first layer
-    reverse_weights: torch.Tensor  # [N, F_in, K·F_out] Uᵀ rearranged; empty for the first layer
-    center: torch.Tensor  # [N, K, F_in] M; empty for the first layer
+    forward_weights: torch.Tensor  # [U; −u⊗M] per slot or per pair (see neighbor_weights); empty for layer 0
+    reverse_weights: torch.Tensor  # Uᵀ per slot or per pair (see neighbor_weights); empty for the first layer
+    incoming: torch.Tensor  # [N, 3, F_in] Σ_{(i,k) → j} u_ik ⊗ M_ik at atom j; empty for the first layer
     neighbor: torch.Tensor  # [N, K, F_in] P; empty for the first layer
 
 
@@ -132,32 +132,77 @@ def distance_seeds(neighbors: torch.Tensor, unit_vectors: torch.Tensor, first: i
     return (signs.unsqueeze(-1) * unit_vectors.unsqueeze(2)).view(n_atoms, width, -1)
 
 
-def _gather(tangents: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
-    """Rows of ``tangents`` ``[N, F, T]`` for every neighbour slot, as ``[N, K·F, T]``."""
+def use_pair_matrices(n_atoms: int, width: int, n_features: int) -> bool:
+    """Whether the neighbour products run on per-pair matrices (see :func:`neighbor_weights`).
+
+    Per-pair matrices cost N·F × N·F per tangent against N·K·F² per slot, but
+    as one plain matrix product with no gather. Measured (float64, F = 20):
+    faster for aspirin (N = 1.05 K, 1.1x) and a 64-atom diamond cell (N = 0.74 K,
+    several images per pair: 1.6x), slower for C60 (N = 2.1 K, 0.9x) and a
+    108-atom fcc cell (N = 2.6 K, 0.75x); hence N ≤ 1.5 K, capped at 2^24
+    elements (128 MB in float64).
+    """
+    return 2 * n_atoms <= 3 * width and (n_atoms * n_features) ** 2 <= 1 << 24
+
+
+def neighbor_weights(
+    stacked: torch.Tensor, neighbors: torch.Tensor, n_out: int, pair_matrices: bool
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The forward and reverse weights of the neighbour products from per-slot blocks.
+
+    ``stacked`` ``[N, K, R, F_in]``: for slot (i, k), U_ik in rows 0..F_out−1
+    (``n_out`` = F_out) and further rows (−u_ik ⊗ M_ik). Per slot, the
+    forward weights are ``[N, R, K·F_in]`` and the reverse ones (U_ikᵀ)
+    ``[N, F_in, K·F_out]``, for the neighbours' tangents gathered slot by
+    slot. With ``pair_matrices`` the slots of one pair of atoms (several
+    periodic images) are summed first: ``[N·R, N·F_in]`` and ``[N·F_in, N·F_out]``.
+    """
+    n_atoms, width, rows, n_in = stacked.shape
+    if not pair_matrices:
+        forward = stacked.permute(0, 2, 1, 3).reshape(n_atoms, rows, width * n_in)
+        reverse = stacked[:, :, :n_out].permute(0, 3, 1, 2).reshape(n_atoms, n_in, width * n_out)
+        return forward, reverse
+    centers = torch.arange(n_atoms, device=neighbors.device).unsqueeze(1).expand(n_atoms, width).reshape(-1)
+    pairs = torch.zeros(n_atoms * n_atoms, rows * n_in, dtype=stacked.dtype, device=stacked.device)
+    pairs = pairs.index_add_(0, centers * n_atoms + neighbors.reshape(-1), stacked.reshape(-1, rows * n_in))
+    pairs = pairs.view(n_atoms, n_atoms, rows, n_in)  # [i, j, row, b]
+    forward = pairs.permute(0, 2, 1, 3).reshape(n_atoms * rows, n_atoms * n_in)
+    reverse = pairs[:, :, :n_out].permute(0, 3, 1, 2).reshape(n_atoms * n_in, n_atoms * n_out)
+    return forward, reverse
+
+
+def _neighbor_product(weights: torch.Tensor, tangents: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
+    """Σ over each atom's neighbour slots of ``weights`` (from :func:`neighbor_weights`) times the
+    neighbours' ``tangents`` ``[N, F, T]`` → ``[N, R, T]``."""
     n_atoms, width = neighbors.shape
-    return tangents.index_select(0, neighbors.reshape(-1)).view(n_atoms, width * tangents.shape[1], -1)
+    n_tangents = tangents.shape[2]
+    if weights.dim() == 2:  # per-pair matrices
+        return (weights @ tangents.reshape(-1, n_tangents)).view(n_atoms, -1, n_tangents)
+    gathered = tangents.index_select(0, neighbors.reshape(-1)).view(n_atoms, width * tangents.shape[1], n_tangents)
+    return torch.bmm(weights, gathered)
 
 
 def distance_gradient_tangents(
     layers: List[LayerTerms], curvature: torch.Tensor, neighbors: torch.Tensor, seeds: torch.Tensor
-) -> torch.Tensor:
-    """ḃ ``[N, K, T]``: tangents of b = ∂E/∂d for distance tangents ``seeds`` ḋ ``[N, K, T]``.
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Tangents for distance tangents ``seeds`` ḋ ``[N, K, T]``: ḃ ``[N, K, T]`` of b = ∂E/∂d but
+    for its M terms, and those terms' share of the Hessian columns ``[N, 3, T]``.
 
     ``curvature`` ``[N, K]`` is Σ_layers C. A forward pass carries ṗ and ż
     up the layers, a reverse pass ġ back down (see the module docstring).
     """
     n_atoms, width, n_tangents = seeds.shape
-    # Forward: tangents of every layer's pre-activations ṗ and of the neighbours' inputs ż.
+    columns = seeds.new_zeros(n_atoms, 3, n_tangents)
+    # Forward: tangents ṗ of every layer's pre-activations.
     pre_tangents: List[torch.Tensor] = []
-    gathered_inputs: List[torch.Tensor] = []  # [N, K·F_in, T]; empty for the first layer (fixed one-hot)
-    features = seeds.new_empty(0)  # ż of the layer's input
+    features = seeds.new_empty(0)  # ż of the layer's input; the first layer's (the one-hot) is 0
     for level, layer in enumerate(layers):
         pre = torch.bmm(layer.radial.transpose(1, 2), seeds)  # [N, F_out, T]
-        gathered = seeds.new_empty(0)
         if level > 0:
-            gathered = _gather(features, neighbors)
-            pre = pre + torch.bmm(layer.forward_weights, gathered) + torch.matmul(layer.self_weight, features)
-        gathered_inputs.append(gathered)
+            n_out = pre.shape[1]
+            products = _neighbor_product(layer.forward_weights, features, neighbors)  # [N, F_out + 3, T]
+            pre = pre + products[:, :n_out] + torch.matmul(layer.self_weight, features)
+            columns = columns + products[:, n_out:] + torch.bmm(layer.incoming, features)
         pre_tangents.append(pre)
         features = torch.bmm(layer.jacobian, pre)
     # Reverse: tangents ġ of ∂E/∂p down the layers, collecting ḃ on the way.
@@ -170,16 +215,12 @@ def distance_gradient_tangents(
             pre = pre + torch.bmm(layer.jacobian.transpose(1, 2), gradient)
         result = result + torch.bmm(layer.radial, pre)
         if level > 0:
-            gathered = gathered_inputs[level].view(n_atoms * width, -1, n_tangents)
-            result = result + torch.bmm(layer.center.view(n_atoms * width, 1, -1), gathered).view(
-                n_atoms, width, n_tangents
-            )
             gradient = (
                 torch.bmm(layer.neighbor.transpose(1, 2), seeds)
-                + torch.bmm(layer.reverse_weights, _gather(pre, neighbors))
+                + _neighbor_product(layer.reverse_weights, pre, neighbors)
                 + torch.matmul(layer.self_weight.t(), pre)
             )
-    return result
+    return result, columns
 
 
 def assemble_columns(
@@ -228,22 +269,25 @@ def position_hessian(
     distances: torch.Tensor,
     unit_vectors: torch.Tensor,
     tangent_budget: int = 1 << 21,
+    min_chunk: int = 8,
 ) -> torch.Tensor:
     """∂²E/∂x∂x ``[3N, 3N]`` (row and column 3a + c: axis c of atom a).
 
     ``distance_gradient`` b ``[N, K]`` and ``curvature`` Σ C ``[N, K]`` come
     from the same pass as ``layers``. Atoms are moved in chunks whose
-    largest tangent tensor, ``[N, K·F, T]``, holds about ``tangent_budget`` elements.
+    largest tangent tensor, ``[N, K·F, T]``, holds about ``tangent_budget``
+    elements, but at least ``min_chunk`` atoms (T = 3 per atom: fewer make
+    the batched products too narrow to run fast).
     """
     n_atoms, width = neighbors.shape
     features = max([layer.jacobian.shape[1] for layer in layers])
-    chunk = max(1, tangent_budget // max(1, 3 * n_atoms * width * features))
+    chunk = max(min_chunk, tangent_budget // max(1, 3 * n_atoms * width * features))
     hessian = geometric_hessian(neighbors, occupied, distances, unit_vectors, distance_gradient)
     hessian = hessian.permute(0, 2, 1, 3).contiguous()  # [N, 3, N, 3]
     for first in range(0, n_atoms, chunk):
         last = min(n_atoms, first + chunk)
         seeds = distance_seeds(neighbors, unit_vectors, first, last)
-        tangents = distance_gradient_tangents(layers, curvature, neighbors, seeds)
-        columns = assemble_columns(neighbors, unit_vectors, tangents).view(n_atoms, 3, last - first, 3)
-        hessian[:, :, first:last, :] += columns
+        tangents, columns = distance_gradient_tangents(layers, curvature, neighbors, seeds)
+        columns = columns + assemble_columns(neighbors, unit_vectors, tangents)
+        hessian[:, :, first:last, :] += columns.view(n_atoms, 3, last - first, 3)
     return hessian.view(3 * n_atoms, 3 * n_atoms)

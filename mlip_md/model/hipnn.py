@@ -22,9 +22,11 @@ from mlip_md.model.graph import PaddedNeighbors, distance_gradient, edge_lengths
 from mlip_md.model.hessian import (
     LayerTerms,
     atom_block_terms,
+    neighbor_weights,
     position_hessian,
     radial_slopes,
     sensitivity_slopes,
+    use_pair_matrices,
 )
 from mlip_md.model.layers import (
     Interaction,
@@ -93,6 +95,7 @@ class HIPNN(nn.Module):
         )
         self.species = list(species)
         self.n_species = len(species)
+        self.n_features = int(n_features)
         self.cutoff = float(cutoff)
         self.reference_energies = nn.Parameter(torch.zeros(self.n_species))  # [n_species], eV
         self.interactions = nn.ModuleList()
@@ -243,20 +246,29 @@ class HIPNN(nn.Module):
                 gradient = pre_gradient @ self_weight + torch.cat(neighbor_parts)
         return torch.cat(radial_blocks, dim=1)
 
-    def position_hessian(self, graph: PaddedNeighbors, unit_vectors: torch.Tensor) -> torch.Tensor:
+    def position_hessian(
+        self, graph: PaddedNeighbors, unit_vectors: torch.Tensor, pair_matrices: Optional[bool] = None
+    ) -> torch.Tensor:
         """∂²E/∂x∂x ``[3N, 3N]`` in eV/Å² for E = Σ_i E_i (row and column 3a + c: axis c of atom a).
 
         ``unit_vectors`` ``[N, K, 3]``: r_ij/|r_ij| of every slot of ``graph``,
         zero on padding slots. Forward-mode tangents of the hand-written
         gradient, all coordinates at once (see :mod:`mlip_md.model.hessian`);
-        needs the full (symmetric) neighbour list.
+        needs the full (symmetric) neighbour list. ``pair_matrices``: how the
+        neighbour products run (:func:`mlip_md.model.hessian.neighbor_weights`;
+        None: :func:`~mlip_md.model.hessian.use_pair_matrices` decides).
         """
-        layers, gradient, curvature = self._hessian_terms(graph)
+        n_atoms, width = graph.neighbors.shape
+        if pair_matrices is None:
+            pair_matrices = use_pair_matrices(n_atoms, width, self.n_features)
+        layers, gradient, curvature = self._hessian_terms(graph, unit_vectors, pair_matrices)
         return position_hessian(
             layers, gradient, curvature, graph.neighbors, graph.occupied, graph.distances, unit_vectors
         )
 
-    def _hessian_terms(self, graph: PaddedNeighbors) -> Tuple[List[LayerTerms], torch.Tensor, torch.Tensor]:
+    def _hessian_terms(
+        self, graph: PaddedNeighbors, unit_vectors: torch.Tensor, pair_matrices: bool
+    ) -> Tuple[List[LayerTerms], torch.Tensor, torch.Tensor]:
         """Per-layer :class:`LayerTerms`, ∂E/∂r ``[N, K]`` and Σ_layers C ``[N, K]`` (see
         :mod:`mlip_md.model.hessian`): one forward and one reverse pass, unblocked."""
         neighbors = graph.neighbors
@@ -325,19 +337,23 @@ class HIPNN(nn.Module):
                 slope.view(-1, 1, n_sens), projected.index_select(0, flat_neighbors).view(-1, n_sens, n_out)
             ).view(n_atoms, width, n_out)
             empty = inputs.new_empty(0)
-            forward_weights, reverse_weights_, center, neighbor = empty, empty, empty, empty
+            forward_weights, reverse_weights_, incoming, neighbor = empty, empty, empty, empty
             if level > 0:
                 rearranged = weights.view(n_in, n_sens, n_out).permute(1, 2, 0).reshape(n_sens, n_out * n_in)
                 products = (sensitivities.view(-1, n_sens) @ rearranged).view(n_atoms, width, n_out, n_in)  # U
-                forward_weights = products.permute(0, 2, 1, 3).reshape(n_atoms, n_out, width * n_in)
-                reverse_weights_ = products.permute(0, 3, 1, 2).reshape(n_atoms, n_in, width * n_out)
-                center = torch.bmm(slope, environment_gradient.transpose(1, 2))  # [N, K, F_in]
+                center = torch.bmm(slope, environment_gradient.transpose(1, 2))  # M, [N, K, F_in]
+                moments = unit_vectors.unsqueeze(-1) * center.unsqueeze(2)  # u ⊗ M, [N, K, 3, F_in]
+                incoming = torch.zeros(n_atoms, 3, n_in, dtype=moments.dtype, device=moments.device)
+                incoming = incoming.index_add_(0, flat_neighbors, moments.view(-1, 3, n_in))
+                forward_weights, reverse_weights_ = neighbor_weights(
+                    torch.cat([products, -moments], dim=2), neighbors, n_out, pair_matrices
+                )
                 neighbor_environment = environment_gradient.index_select(0, flat_neighbors).view(-1, n_in, n_sens)
                 neighbor = torch.bmm(neighbor_environment, slope.view(-1, n_sens, 1)).view(n_atoms, width, n_in)
                 passed = torch.bmm(neighbor_environment, sensitivities.view(-1, n_sens, 1))
                 gradient = pre_gradient @ self_weight + passed.view(n_atoms, width, n_in).sum(1)
             layers.insert(0, LayerTerms(
-                jacobian, block_curvature, self_weight, radial, forward_weights, reverse_weights_, center, neighbor
+                jacobian, block_curvature, self_weight, radial, forward_weights, reverse_weights_, incoming, neighbor
             ))
         return layers, distance_gradient, curvature_sum
 
