@@ -9,7 +9,7 @@ import torch
 import mlip_md
 from conftest import graph_inputs, make_model, random_cell
 from mlip_md.model.graph import EXPONENT_FLOOR, LOG2_E, log_cutoff_envelope
-from mlip_md.model.layers import InverseSensitivity, Softplus
+from mlip_md.model.layers import ACTIVATIONS, InverseSensitivity, Softplus, make_activation
 
 
 def test_public_constructor_names():
@@ -79,14 +79,26 @@ def test_sensitivities_follow_the_paper_formula():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_softplus_forms_agree(dtype):
-    # Without autograd Softplus takes torch's fused op (threshold 40), under it elementary ops.
+def test_softplus_is_exact_to_rounding(dtype):
+    # torch's fused op with threshold 40: beyond it x itself is returned.
     x = torch.linspace(-120.0, 120.0, 24001, dtype=dtype)
     exact = torch.logaddexp(x.double(), torch.zeros((), dtype=torch.float64))
     info = torch.finfo(dtype)
-    for values in (Softplus()(x), Softplus()(x.clone().requires_grad_(True)).detach()):
-        # relative to rounding, absolute below the smallest normal number
-        assert ((values.double() - exact).abs() <= 2 * info.eps * exact + info.tiny).all()
+    # relative to rounding, absolute below the smallest normal number
+    assert ((Softplus()(x).double() - exact).abs() <= 2 * info.eps * exact + info.tiny).all()
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_derivatives_match_autograd(name):
+    # The hand-written reverse pass uses f', the Hessian's tangents f''.
+    activation = make_activation(name)
+    x = torch.linspace(-6.0, 6.0, 1201, dtype=torch.float64).requires_grad_(True)
+    x = x[x.abs() > 1e-3]  # celu's f'' jumps at 0
+    y = activation(x)
+    (first,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), x)
+    torch.testing.assert_close(activation.derivative(x, y).detach(), first.detach(), rtol=0, atol=1e-14)
+    torch.testing.assert_close(activation.second_derivative(x, y).detach(), second, rtol=0, atol=1e-14)
 
 
 def test_hierarchicality_regulariser():
