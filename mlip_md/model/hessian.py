@@ -28,7 +28,8 @@ T-independent coefficients (:class:`LayerTerms`)::
 
 where ḃ is the tangent of b = ∂E/∂d. The only products whose cost grows
 with T times the neighbour work are the U terms, [F_out, K·F_in] by
-[K·F_in, T] per atom. Finally, with u = r/d per slot,
+[K·F_in, T] per atom, or for small systems one [N·F_out, N·F_in] by
+[N·F_in, T] product (:func:`neighbor_weights`). Finally, with u = r/d per slot,
 ∂E/∂x_a = Σ_slots b (δ_{a j} − δ_{a i}) u, whose tangent gives the Hessian
 (:func:`assemble_columns` for the ḃ part, :func:`geometric_hessian` for the
 b · ∂u/∂x part).
@@ -169,6 +170,38 @@ def neighbor_weights(
     forward = pairs.permute(0, 2, 1, 3).reshape(n_atoms * rows, n_atoms * n_in)
     reverse = pairs[:, :, :n_out].permute(0, 3, 1, 2).reshape(n_atoms * n_in, n_atoms * n_out)
     return forward, reverse
+
+
+def neighbor_terms(
+    sensitivities: torch.Tensor,
+    slope: torch.Tensor,
+    weights: torch.Tensor,
+    environment_gradient: torch.Tensor,
+    neighbors: torch.Tensor,
+    unit_vectors: torch.Tensor,
+    pair_matrices: bool,
+) -> Tuple[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The terms of a layer above the first that act on its input's tangents, and the
+    neighbour part of ∂E/∂(input).
+
+    From s and w ``[N, K, S]``, V ``[F_in · S, F_out]`` and G ``[N, F_in, S]``:
+    ((forward weights, reverse weights, incoming, P) of :class:`LayerTerms`,
+    Σ_k Σ_S s_ikS G_n(i,k)[·, S] ``[N, F_in]``).
+    """
+    n_atoms, width, n_sens = sensitivities.shape
+    n_in, n_out = environment_gradient.shape[1], weights.shape[1]
+    rearranged = weights.view(n_in, n_sens, n_out).permute(1, 2, 0).reshape(n_sens, n_out * n_in)
+    products = (sensitivities.view(-1, n_sens) @ rearranged).view(n_atoms, width, n_out, n_in)  # U
+    center = torch.bmm(slope, environment_gradient.transpose(1, 2))  # M, [N, K, F_in]
+    moments = unit_vectors.unsqueeze(-1) * center.unsqueeze(2)  # u ⊗ M, [N, K, 3, F_in]
+    flat_neighbors = neighbors.reshape(-1)
+    incoming = torch.zeros(n_atoms, 3, n_in, dtype=moments.dtype, device=moments.device)
+    incoming = incoming.index_add_(0, flat_neighbors, moments.view(-1, 3, n_in))
+    forward, reverse = neighbor_weights(torch.cat([products, -moments], dim=2), neighbors, n_out, pair_matrices)
+    neighbor_environment = environment_gradient.index_select(0, flat_neighbors).view(-1, n_in, n_sens)
+    neighbor = torch.bmm(neighbor_environment, slope.view(-1, n_sens, 1)).view(n_atoms, width, n_in)  # P
+    passed = torch.bmm(neighbor_environment, sensitivities.view(-1, n_sens, 1)).view(n_atoms, width, n_in).sum(1)
+    return (forward, reverse, incoming, neighbor), passed
 
 
 def _neighbor_product(weights: torch.Tensor, tangents: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from mlip_md.model.graph import PaddedNeighbors, distance_gradient, edge_lengths
 from mlip_md.model.hessian import (
     LayerTerms,
     atom_block_terms,
-    neighbor_weights,
+    neighbor_terms,
     position_hessian,
     radial_slopes,
     sensitivity_slopes,
@@ -270,14 +270,58 @@ class HIPNN(nn.Module):
         self, graph: PaddedNeighbors, unit_vectors: torch.Tensor, pair_matrices: bool
     ) -> Tuple[List[LayerTerms], torch.Tensor, torch.Tensor]:
         """Per-layer :class:`LayerTerms`, ∂E/∂r ``[N, K]`` and Σ_layers C ``[N, K]`` (see
-        :mod:`mlip_md.model.hessian`): one forward and one reverse pass, unblocked."""
+        :mod:`mlip_md.model.hessian`): :meth:`_hessian_forward`, then a reverse pass."""
         neighbors = graph.neighbors
         n_atoms, width = neighbors.shape
+        saved, dense_weights, derivatives, second_derivatives = self._hessian_forward(graph)
+        layers: List[LayerTerms] = []
+        dtype, device = graph.distances.dtype, graph.distances.device
+        gradient = torch.zeros(n_atoms, 1, dtype=dtype, device=device)  # ∂E/∂(block output)
+        distance_gradient = torch.zeros(n_atoms, width, dtype=dtype, device=device)
+        curvature_sum = torch.zeros_like(distance_gradient)
+        for level in range(len(saved) - 1, -1, -1):
+            inputs, gathered, sensitivities, slope, curvature, weights, self_weight, readout_weight = saved[level]
+            n_in, n_sens, n_out = inputs.shape[1], sensitivities.shape[2], weights.shape[1]
+            gradient = gradient + readout_weight
+            layer_weights, layer_derivatives = dense_weights[level], derivatives[level]
+            output_gradients = [gradient]  # ∂E/∂(output of each activation), last first
+            for index in range(len(layer_weights) - 1, -1, -1):
+                gradient = (gradient * layer_derivatives[index + 1]) @ layer_weights[index]
+                output_gradients.insert(0, gradient)
+            jacobian, block_curvature = atom_block_terms(
+                layer_weights, layer_derivatives, second_derivatives[level], output_gradients
+            )
+            pre_gradient = gradient * layer_derivatives[0]  # [N, F_out]
+            environment_gradient = (pre_gradient @ weights.t()).view(n_atoms, n_in, n_sens)  # G
+            sensitivity_gradient = torch.bmm(gathered, environment_gradient)  # [N, K, S]
+            distance_gradient = distance_gradient + (sensitivity_gradient * slope).sum(-1)
+            curvature_sum = curvature_sum + (sensitivity_gradient * curvature).sum(-1)
+            projected = (inputs @ weights.view(n_in, n_sens * n_out)).view(n_atoms, n_sens, n_out)
+            radial = torch.bmm(
+                slope.view(-1, 1, n_sens), projected.index_select(0, neighbors.reshape(-1)).view(-1, n_sens, n_out)
+            ).view(n_atoms, width, n_out)
+            empty = inputs.new_empty(0)
+            neighbor_terms_ = (empty, empty, empty, empty)
+            if level > 0:  # the first layer's input, the one-hot, has no tangent
+                neighbor_terms_, passed = neighbor_terms(
+                    sensitivities, slope, weights, environment_gradient, neighbors, unit_vectors, pair_matrices
+                )
+                gradient = pre_gradient @ self_weight + passed
+            forward_weights, reverse_weights_, incoming, neighbor = neighbor_terms_
+            layers.insert(0, LayerTerms(
+                jacobian, block_curvature, self_weight, radial, forward_weights, reverse_weights_, incoming, neighbor
+            ))
+        return layers, distance_gradient, curvature_sum
+
+    def _hessian_forward(self, graph: PaddedNeighbors) -> Tuple[
+        List[List[torch.Tensor]], List[List[torch.Tensor]], List[List[torch.Tensor]], List[List[torch.Tensor]]
+    ]:
+        """Forward pass for :meth:`_hessian_terms`. Per layer: [input z, neighbours' z ``[N, K, F_in]``,
+        s, w = ∂s/∂r, w2 = ∂²s/∂r² ``[N, K, S]``, V, W, read-out weight]; the dense weights;
+        f' and f'' of each activation ``[N, F]`` (the interaction's first)."""
         slopes, curvatures = radial_slopes(graph.distances, self.cutoff)
         features = nn.functional.one_hot(graph.species, self.n_species).to(self.reference_energies.dtype)
-        # Forward, per layer: input z, neighbours' z, s, w, w2, V, W, read-out weight.
         saved: List[List[torch.Tensor]] = []
-        # Per layer: the dense weights, and f', f'' of each activation (the interaction's first).
         dense_weights: List[List[torch.Tensor]] = []
         derivatives: List[List[torch.Tensor]] = []
         second_derivatives: List[List[torch.Tensor]] = []
@@ -285,9 +329,9 @@ class HIPNN(nn.Module):
             coefficients = interaction.sensitivity.coefficients()
             sensitivities = sensitivities_from(graph.radial_terms, coefficients)  # [N, K, S]
             slope, curvature = sensitivity_slopes(sensitivities, slopes, curvatures, coefficients)
-            gathered = gather_neighbors(features, neighbors)  # [N, K, F_in]
+            gathered = gather_neighbors(features, graph.neighbors)  # [N, K, F_in]
             environment = torch.bmm(gathered.transpose(1, 2), sensitivities)  # [N, F_in, S]
-            pre = environment.reshape(n_atoms, -1) @ interaction.interaction_weights
+            pre = environment.reshape(features.shape[0], -1) @ interaction.interaction_weights
             pre = pre + interaction.self_interaction(features)
             output = interaction.activation(pre)
             saved.append([
@@ -309,53 +353,7 @@ class HIPNN(nn.Module):
             derivatives.append(layer_derivatives)
             second_derivatives.append(layer_second)
             features = output
-        # Reverse, last layer first.
-        layers: List[LayerTerms] = []
-        gradient = torch.zeros(n_atoms, 1, dtype=features.dtype, device=features.device)  # ∂E/∂(layer output)
-        distance_gradient = torch.zeros(n_atoms, width, dtype=features.dtype, device=features.device)
-        curvature_sum = torch.zeros_like(distance_gradient)
-        flat_neighbors = neighbors.reshape(-1)
-        for level in range(len(saved) - 1, -1, -1):
-            inputs, gathered, sensitivities, slope, curvature, weights, self_weight, readout_weight = saved[level]
-            n_in, n_sens, n_out = inputs.shape[1], sensitivities.shape[2], weights.shape[1]
-            gradient = gradient + readout_weight
-            layer_weights, layer_derivatives = dense_weights[level], derivatives[level]
-            output_gradients = [gradient]  # ∂E/∂(output of each activation), last first
-            for index in range(len(layer_weights) - 1, -1, -1):
-                gradient = (gradient * layer_derivatives[index + 1]) @ layer_weights[index]
-                output_gradients.insert(0, gradient)
-            jacobian, block_curvature = atom_block_terms(
-                layer_weights, layer_derivatives, second_derivatives[level], output_gradients
-            )
-            pre_gradient = gradient * layer_derivatives[0]  # [N, F_out]
-            environment_gradient = (pre_gradient @ weights.t()).view(n_atoms, n_in, n_sens)  # G
-            sensitivity_gradient = torch.bmm(gathered, environment_gradient)  # [N, K, S]
-            distance_gradient = distance_gradient + (sensitivity_gradient * slope).sum(-1)
-            curvature_sum = curvature_sum + (sensitivity_gradient * curvature).sum(-1)
-            projected = (inputs @ weights.view(n_in, n_sens * n_out)).view(n_atoms, n_sens, n_out)
-            radial = torch.bmm(
-                slope.view(-1, 1, n_sens), projected.index_select(0, flat_neighbors).view(-1, n_sens, n_out)
-            ).view(n_atoms, width, n_out)
-            empty = inputs.new_empty(0)
-            forward_weights, reverse_weights_, incoming, neighbor = empty, empty, empty, empty
-            if level > 0:
-                rearranged = weights.view(n_in, n_sens, n_out).permute(1, 2, 0).reshape(n_sens, n_out * n_in)
-                products = (sensitivities.view(-1, n_sens) @ rearranged).view(n_atoms, width, n_out, n_in)  # U
-                center = torch.bmm(slope, environment_gradient.transpose(1, 2))  # M, [N, K, F_in]
-                moments = unit_vectors.unsqueeze(-1) * center.unsqueeze(2)  # u ⊗ M, [N, K, 3, F_in]
-                incoming = torch.zeros(n_atoms, 3, n_in, dtype=moments.dtype, device=moments.device)
-                incoming = incoming.index_add_(0, flat_neighbors, moments.view(-1, 3, n_in))
-                forward_weights, reverse_weights_ = neighbor_weights(
-                    torch.cat([products, -moments], dim=2), neighbors, n_out, pair_matrices
-                )
-                neighbor_environment = environment_gradient.index_select(0, flat_neighbors).view(-1, n_in, n_sens)
-                neighbor = torch.bmm(neighbor_environment, slope.view(-1, n_sens, 1)).view(n_atoms, width, n_in)
-                passed = torch.bmm(neighbor_environment, sensitivities.view(-1, n_sens, 1))
-                gradient = pre_gradient @ self_weight + passed.view(n_atoms, width, n_in).sum(1)
-            layers.insert(0, LayerTerms(
-                jacobian, block_curvature, self_weight, radial, forward_weights, reverse_weights_, incoming, neighbor
-            ))
-        return layers, distance_gradient, curvature_sum
+        return saved, dense_weights, derivatives, second_derivatives
 
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
