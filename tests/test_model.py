@@ -135,3 +135,34 @@ def test_eager_scripted_and_reloaded_agree():
 def test_bad_hyper_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         mlip_md.HIPNN(**kwargs)
+
+
+def test_float32_force_training_makes_no_subnormal_numbers():
+    # Subnormal floats make CPU matrix products ~50x slower (Intel). The float32
+    # sensitivity floor, 2^-60, keeps every gradient of a force-training step
+    # (forces by autograd with create_graph, then the parameters' gradient) normal.
+    model = make_model().float()
+    atoms = random_cell() * (2, 2, 2)
+    species, edge_index, vectors = graph_inputs(atoms, dtype=torch.float32)
+    positions = torch.from_numpy(atoms.positions).float().requires_grad_(True)
+    shifts = vectors - (positions.detach()[edge_index[1]] - positions.detach()[edge_index[0]])
+    energy = model(species, edge_index, positions[edge_index[1]] - positions[edge_index[0]] + shifts).sum()
+    (gradient,) = torch.autograd.grad(energy, positions, create_graph=True)
+    loss = (gradient**2).sum()
+    tiny = torch.finfo(torch.float32).tiny
+    subnormal = []
+
+    def count(grad_inputs, grad_outputs):
+        for tensor in grad_inputs:
+            if tensor is not None and tensor.is_floating_point():
+                subnormal.append(int(((tensor != 0) & (tensor.abs() < tiny)).sum()))
+
+    seen, nodes = set(), [loss.grad_fn]
+    while nodes:
+        node = nodes.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            node.register_hook(count)
+            nodes += [next_node for next_node, _ in node.next_functions]
+    loss.backward()
+    assert len(subnormal) > 100 and sum(subnormal) == 0

@@ -108,15 +108,19 @@ def radial_slopes(distances: torch.Tensor, cutoff: float) -> Tuple[torch.Tensor,
 
 
 def sensitivity_slopes(
-    sensitivities: torch.Tensor, slopes: torch.Tensor, curvatures: torch.Tensor, coefficients: torch.Tensor
+    sensitivities: torch.Tensor, slopes: torch.Tensor, curvatures: torch.Tensor, coefficients: torch.Tensor,
+    floor: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """w = ∂s/∂r and w2 = ∂²s/∂r², ``[N, K, S]``, of s = exp(Σ_t coefficients[t] · term_t(r)).
 
-    ``slopes``/``curvatures`` from :func:`radial_slopes`, ``coefficients`` ``[4, S]``.
+    ``slopes``/``curvatures`` from :func:`radial_slopes`, ``coefficients`` ``[4, S]``;
+    sensitivities clamped at 2^``floor`` are constant: their w and w2 are 0.
     """
     slope = slopes.movedim(0, -1) @ coefficients  # [N, K, S] ∂exponent/∂r
     curvature = curvatures.movedim(0, -1) @ coefficients
-    return sensitivities * slope, sensitivities * (slope * slope + curvature)
+    free = (sensitivities > 2.0**floor).to(sensitivities.dtype)
+    weighted = sensitivities * free
+    return weighted * slope, weighted * (slope * slope + curvature)
 
 
 def distance_seeds(neighbors: torch.Tensor, unit_vectors: torch.Tensor, first: int, last: int) -> torch.Tensor:

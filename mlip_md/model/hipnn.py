@@ -30,6 +30,7 @@ from mlip_md.model.hessian import (
 )
 from mlip_md.model.layers import (
     Interaction,
+    exponent_floor,
     gather_neighbors,
     interaction_reverse,
     make_activation,
@@ -328,7 +329,9 @@ class HIPNN(nn.Module):
         for interaction, dense, readout in zip(self.interactions, self.atom_layers, self.readouts):
             coefficients = interaction.sensitivity.coefficients()
             sensitivities = sensitivities_from(graph.radial_terms, coefficients)  # [N, K, S]
-            slope, curvature = sensitivity_slopes(sensitivities, slopes, curvatures, coefficients)
+            slope, curvature = sensitivity_slopes(
+                sensitivities, slopes, curvatures, coefficients, exponent_floor(sensitivities.dtype)
+            )
             gathered = gather_neighbors(features, graph.neighbors)  # [N, K, F_in]
             environment = torch.bmm(gathered.transpose(1, 2), sensitivities)  # [N, F_in, S]
             pre = environment.reshape(features.shape[0], -1) @ interaction.interaction_weights
