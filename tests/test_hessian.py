@@ -16,14 +16,13 @@ from mlip_md.contract import load_exported
 from mlip_md.model.graph import edge_lengths, pad_neighbors, padded_unit_vectors
 from mlip_md.model.hessian import position_hessian
 from mlip_md.model.layers import ACTIVATIONS
-from mlip_md.neighbors import neighbor_list
 
 
 def _inputs(atoms, symbols, cutoff):
-    """Species, edge list, edge vectors and the shift vectors of ``atoms`` within ``cutoff``."""
-    neighbors = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, cutoff)
+    """Species, edge list, edge vectors and the image offsets (vectors minus x_j − x_i) of ``atoms``."""
     species, edge_index, vectors = graph_inputs(atoms, cutoff, species=symbols)
-    shifts = torch.from_numpy(neighbors.shifts @ atoms.cell[:])
+    positions = torch.from_numpy(atoms.positions)
+    shifts = vectors - (positions[edge_index[1]] - positions[edge_index[0]])
     return species, edge_index, vectors, shifts
 
 

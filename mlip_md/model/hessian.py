@@ -54,7 +54,7 @@ class LayerTerms(NamedTuple):
     curvature: torch.Tensor  # [N, F_out, F_out] Q = ∂²(g · y)/∂p², g = ∂E/∂y held fixed
     self_weight: torch.Tensor  # [F_out, F_in] W
     radial: torch.Tensor  # [N, K, F_out] R
-    forward_weights: torch.Tensor  # [U; −u⊗M] per slot or per pair (see neighbor_weights); empty for layer 0
+    forward_weights: torch.Tensor  # [U; −u⊗M] per slot or per pair (see neighbor_weights); empty for the first layer
     reverse_weights: torch.Tensor  # Uᵀ per slot or per pair (see neighbor_weights); empty for the first layer
     incoming: torch.Tensor  # [N, 3, F_in] Σ_{(i,k) → j} u_ik ⊗ M_ik at atom j; empty for the first layer
     neighbor: torch.Tensor  # [N, K, F_in] P; empty for the first layer

@@ -302,13 +302,12 @@ class HIPNN(nn.Module):
                 slope.view(-1, 1, n_sens), projected.index_select(0, neighbors.reshape(-1)).view(-1, n_sens, n_out)
             ).view(n_atoms, width, n_out)
             empty = inputs.new_empty(0)
-            neighbor_terms_ = (empty, empty, empty, empty)
+            forward_weights, reverse_weights_, incoming, neighbor = empty, empty, empty, empty
             if level > 0:  # the first layer's input, the one-hot, has no tangent
-                neighbor_terms_, passed = neighbor_terms(
+                (forward_weights, reverse_weights_, incoming, neighbor), passed = neighbor_terms(
                     sensitivities, slope, weights, environment_gradient, neighbors, unit_vectors, pair_matrices
                 )
                 gradient = pre_gradient @ self_weight + passed
-            forward_weights, reverse_weights_, incoming, neighbor = neighbor_terms_
             layers.insert(0, LayerTerms(
                 jacobian, block_curvature, self_weight, radial, forward_weights, reverse_weights_, incoming, neighbor
             ))

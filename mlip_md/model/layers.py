@@ -322,8 +322,9 @@ def interaction_reverse(
     neighbour sum, over j's own row, with no scatter.
 
     Below the exponent floor a sensitivity is constant and its true
-    derivative 0; this pass uses 2^−60 ≈ 9e-19 times the exponent's slope
-    instead of masking, a difference far below rounding.
+    derivative 0; this pass uses the floor's sensitivity (2^−115 in float64,
+    2^−60 in float32) times the exponent's slope instead of masking, a
+    difference far below rounding (see :mod:`mlip_md.model.graph`).
     """
     n_block = neighbors.shape[0]
     n_in = features.shape[1]
