@@ -3,8 +3,8 @@
 The model receives a flat edge list (see :mod:`mlip_md.contract`). Interaction
 layers sum over the neighbours of each atom; doing that as a dense batched
 matrix product over a padded ``[N, K]`` layout (``K`` = largest neighbour
-count) is several times faster on a CPU than scattering ``[E, n_sens, n_feat]``
-products, and its backward pass is again a batched product.
+count) is faster on a CPU than scattering ``[E, n_sens, n_feat]`` products,
+and its backward pass is again a batched product.
 """
 
 import math
@@ -15,16 +15,15 @@ import torch
 
 # Sensitivities are computed as powers of 2 (see InverseSensitivity); their
 # base-2 exponents are clamped at a floor, below which a sensitivity is
-# constant (zero for all purposes): exp2 of inputs that underflow is ~10x
-# slower on CPUs. The floor depends on the dtype:
+# constant (zero for all purposes): exp2 of inputs that underflow is slow on
+# CPUs. The floor depends on the dtype:
 # * float64: 2^-115 ≈ 2e-35. The hand-written gradient multiplies a clamped
 #   sensitivity by its exponent's slope, which grows as 2/(r_cut − r) near the
 #   cutoff; even an edge 1e-15 Å from r_cut then adds < 1e-19 eV/Å.
 # * float32: 2^-60 ≈ 8.7e-19, far above float32's smallest normal number
-#   (1.2e-38), so its products with gradients stay normal numbers. At 2^-115
-#   they were subnormal, and on Intel CPUs a batched product of subnormals ran
-#   ~50x slower (float32 training epochs 2.7x, ASE steps 1.4x slower). No
-#   float32 edge comes closer to r_cut than ~5e-7 Å, which bounds what a
+#   (1.2e-38), so its products with gradients stay normal numbers (at 2^-115
+#   they would be subnormal, which Intel CPUs multiply many times slower).
+#   No float32 edge comes closer to r_cut than ~5e-7 Å, which bounds what a
 #   clamped sensitivity adds to a force near 4e-12 eV/Å; summed over a
 #   54-neighbour, 20-sensitivity environment it moves an energy by ~1e-15 eV.
 EXPONENT_FLOOR = -115.0
@@ -53,8 +52,9 @@ class PaddedNeighbors(NamedTuple):
     ``radial_terms`` holds, per neighbour, (1/r², 1/r, 1, log φ_cut(r)):
     every sensitivity exponent of every layer is a linear combination of
     these (see :class:`mlip_md.model.layers.InverseSensitivity`). They are
-    stored term-major, ``[4, N, K]``: stacking them so is a plain copy, while
-    interleaving them (``[N, K, 4]``) cost as much as a layer's exponentials.
+    stored term-major, ``[4, N, K]``: stacking them so is a plain copy, where
+    interleaving them (``[N, K, 4]``) would be a strided one as costly as a
+    layer's exponentials.
     Padding slots point at atom 0 and sit at twice the cutoff, where φ_cut = 0.
     """
 
@@ -69,7 +69,7 @@ class PaddedNeighbors(NamedTuple):
 def edge_lengths(edge_vectors: torch.Tensor) -> torch.Tensor:
     """|r_e| of ``edge_vectors`` ``[E, 3]`` → ``[E]`` (Å).
 
-    Written out by component: ~3x faster than torch.linalg.vector_norm in float32.
+    Written out by component: faster than torch.linalg.vector_norm in float32.
     """
     x, y, z = edge_vectors.unbind(1)
     return torch.sqrt(x * x + y * y + z * z)
@@ -101,7 +101,7 @@ def pad_neighbors(
     width = int(counts.max()) if n_atoms > 0 else 0
     # With the edges sorted by centre, the occupied slots of the row-major
     # [N, K] layout, in order, are the edges in order: masked_scatter places
-    # them (~3x faster than index_copy at computed positions).
+    # them (faster than index_copy at computed positions).
     occupied = torch.arange(width, device=centers.device) < counts.unsqueeze(1)  # [N, K]
     padded_distances = torch.full(
         (n_atoms, width), 2.0 * cutoff, dtype=distances.dtype, device=distances.device

@@ -40,6 +40,9 @@ from typing import List, NamedTuple, Tuple
 
 import torch
 
+from mlip_md.model.graph import PaddedNeighbors
+from mlip_md.model.layers import BlockState, exponent_floor, gather_neighbors, output_gradients
+
 
 class LayerTerms(NamedTuple):
     """The T-independent coefficients of one interaction block (see the module docstring).
@@ -141,11 +144,9 @@ def use_pair_matrices(n_atoms: int, width: int, n_features: int) -> bool:
     """Whether the neighbour products run on per-pair matrices (see :func:`neighbor_weights`).
 
     Per-pair matrices cost N·F × N·F per tangent against N·K·F² per slot, but
-    as one plain matrix product with no gather. Measured (float64, F = 20):
-    faster for aspirin (N = 1.05 K, 1.1x) and a 64-atom diamond cell (N = 0.74 K,
-    several images per pair: 1.6x), slower for C60 (N = 2.1 K, 0.9x) and a
-    108-atom fcc cell (N = 2.6 K, 0.75x); hence N ≤ 1.5 K, capped at 2^24
-    elements (128 MB in float64).
+    as one plain matrix product with no gather, and they sum the images of a
+    pair first: that pays while N ≤ 1.5 K (small molecules, small periodic
+    cells), up to 2^24 elements (128 MB in float64).
     """
     return 2 * n_atoms <= 3 * width and (n_atoms * n_features) ** 2 <= 1 << 24
 
@@ -206,6 +207,79 @@ def neighbor_terms(
     neighbor = torch.bmm(neighbor_environment, slope.view(-1, n_sens, 1)).view(n_atoms, width, n_in)  # P
     passed = torch.bmm(neighbor_environment, sensitivities.view(-1, n_sens, 1)).view(n_atoms, width, n_in).sum(1)
     return (forward, reverse, incoming, neighbor), passed
+
+
+def block_terms(
+    state: BlockState,
+    gradient: torch.Tensor,
+    neighbors: torch.Tensor,
+    unit_vectors: torch.Tensor,
+    radial_derivatives: Tuple[torch.Tensor, torch.Tensor],
+    pair_matrices: bool,
+) -> Tuple[LayerTerms, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One block's step of the reverse pass that collects the :class:`LayerTerms`.
+
+    From the block's :class:`~mlip_md.model.layers.BlockState` (one block of
+    rows, f'' saved), ∂E/∂(block output) ``gradient`` ``[N, F_out]`` and
+    :func:`radial_slopes` of the distances: (the block's terms, ∂E/∂(block
+    input) ``[N, F_in]`` (an empty tensor for the first block), its share of
+    b = ∂E/∂d ``[N, K]`` and of Σ C ``[N, K]``).
+    """
+    sensitivities = state.sensitivities[0]  # [N, K, S]
+    n_atoms, width, n_sens = sensitivities.shape
+    inputs, weights = state.features, state.interaction_weights
+    n_in, n_out = inputs.shape[1], weights.shape[1]
+    slope, curvature = sensitivity_slopes(
+        sensitivities, radial_derivatives[0], radial_derivatives[1], state.coefficients,
+        exponent_floor(sensitivities.dtype),
+    )
+    gradients = output_gradients(state, gradient)  # ∂E/∂(output of each activation)
+    jacobian, block_curvature = atom_block_terms(
+        state.dense_weights, state.derivatives, state.second_derivatives, gradients
+    )
+    pre_gradient = gradients[0] * state.derivatives[0]  # [N, F_out]
+    environment_gradient = (pre_gradient @ weights.t()).view(n_atoms, n_in, n_sens)  # G
+    sensitivity_gradient = torch.bmm(gather_neighbors(inputs, neighbors), environment_gradient)  # [N, K, S]
+    projected = (inputs @ weights.view(n_in, n_sens * n_out)).view(n_atoms, n_sens, n_out)
+    radial = torch.bmm(
+        slope.view(-1, 1, n_sens), projected.index_select(0, neighbors.reshape(-1)).view(-1, n_sens, n_out)
+    ).view(n_atoms, width, n_out)
+    empty = inputs.new_empty(0)
+    forward_weights, reverse_weights, incoming, neighbor, input_gradient = empty, empty, empty, empty, empty
+    if state.input_gradient:  # the first block's input, the one-hot, has no tangent
+        (forward_weights, reverse_weights, incoming, neighbor), passed = neighbor_terms(
+            sensitivities, slope, weights, environment_gradient, neighbors, unit_vectors, pair_matrices
+        )
+        input_gradient = pre_gradient @ state.self_weight + passed
+    terms = LayerTerms(
+        jacobian, block_curvature, state.self_weight, radial, forward_weights, reverse_weights, incoming, neighbor
+    )
+    return (terms, input_gradient, (sensitivity_gradient * slope).sum(-1),
+            (sensitivity_gradient * curvature).sum(-1))
+
+
+def tangent_terms(
+    states: List[BlockState], graph: PaddedNeighbors, unit_vectors: torch.Tensor, cutoff: float,
+    pair_matrices: bool,
+) -> Tuple[List[LayerTerms], torch.Tensor, torch.Tensor]:
+    """Per-block :class:`LayerTerms` (first block first), b = ∂E/∂d ``[N, K]`` and Σ_blocks C
+    ``[N, K]`` of E = Σ_i E_i, by a reverse pass over the blocks' saved ``states``
+    (one block of rows each, f'' saved; see :func:`block_terms`)."""
+    neighbors = graph.neighbors
+    radial_derivatives = radial_slopes(graph.distances, cutoff)
+    layers: List[LayerTerms] = []
+    gradient = torch.zeros(neighbors.shape[0], 1, dtype=graph.distances.dtype, device=graph.distances.device)
+    distance_gradient = torch.zeros_like(graph.distances)
+    curvature = torch.zeros_like(graph.distances)
+    for level in range(len(states) - 1, -1, -1):
+        state = states[level]
+        terms, gradient, distance_part, curvature_part = block_terms(
+            state, gradient + state.readout_weight, neighbors, unit_vectors, radial_derivatives, pair_matrices
+        )
+        layers.insert(0, terms)
+        distance_gradient = distance_gradient + distance_part
+        curvature = curvature + curvature_part
+    return layers, distance_gradient, curvature
 
 
 def _neighbor_product(weights: torch.Tensor, tangents: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
-"""Building blocks of HIP-NN: sensitivities and the interaction layer."""
+"""Building blocks of HIP-NN: activations, sensitivities, the interaction layer and the block."""
 
 import math
-from typing import Optional, Tuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 from torch import nn
@@ -9,19 +9,37 @@ from torch import nn
 from mlip_md.model.graph import EXPONENT_FLOOR, FLOAT32_EXPONENT_FLOOR, LOG2_E, PaddedNeighbors
 
 
-# Activations carry their first and second derivatives, written from the input
-# x and the output y = f(x), for the hand-written reverse pass (see
-# :meth:`mlip_md.model.hipnn.HIPNN.energies_and_distance_gradients`) and its
-# tangents (:mod:`mlip_md.model.hessian`).
+class Activation(nn.Module):
+    """A smooth activation y = f(x) that also gives f'(x) and f''(x), written from x and y.
+
+    The hand-written reverse pass (:mod:`mlip_md.model.reverse`) takes f', its
+    tangents (:mod:`mlip_md.model.hessian`) f' and f''.
+    """
+
+    def derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def second_derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def saving(
+        self, x: torch.Tensor, derivatives: List[torch.Tensor], second_derivatives: List[torch.Tensor], second: bool
+    ) -> torch.Tensor:
+        """y = f(x), appending f'(x) to ``derivatives`` and, if ``second``, f''(x) to ``second_derivatives``."""
+        y = self.forward(x)
+        derivatives.append(self.derivative(x, y))
+        if second:
+            second_derivatives.append(self.second_derivative(x, y))
+        return y
 
 
-class Softplus(nn.Module):
+class Softplus(Activation):
     """softplus(x) = log(1 + eˣ); f' = sigmoid(x), f'' = σ(1 − σ).
 
     torch's fused op with its threshold (x above it is returned as is) at
     40, where log1p(e^−x) < 1e-17: exact to rounding in float32 and float64.
-    Its double backward (training on forces) was measured 1.12x faster per
-    training step than the composed max(x, 0) + log1p(e^−|x|), with equal gradients.
+    Fused rather than composed as max(x, 0) + log1p(e^−|x|): its double
+    backward (training on forces) is faster, with equal gradients.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -35,8 +53,11 @@ class Softplus(nn.Module):
         return sigmoid * (1.0 - sigmoid)
 
 
-class SiLU(nn.SiLU):
+class SiLU(Activation):
     """silu(x) = x·sigmoid(x); f' = σ(x)·(1 + x·(1 − σ(x))), f'' = σ(1 − σ)·(2 + x·(1 − 2σ))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.silu(x)
 
     def derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         sigmoid = torch.sigmoid(x)
@@ -47,8 +68,11 @@ class SiLU(nn.SiLU):
         return sigmoid * (1.0 - sigmoid) * (2.0 + x * (1.0 - 2.0 * sigmoid))
 
 
-class Tanh(nn.Tanh):
+class Tanh(Activation):
     """tanh(x); f' = 1 − y², f'' = −2y(1 − y²)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
 
     def derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 1.0 - y * y
@@ -57,12 +81,12 @@ class Tanh(nn.Tanh):
         return -2.0 * y * (1.0 - y * y)
 
 
-class CELU(nn.CELU):
+class CELU(Activation):
     """celu(x) with α = 1: x above 0, eˣ − 1 below; f' = 1 above 0, y + 1 below; f'' = 0 above 0,
     y + 1 below (f'' jumps at 0: the Hessian is discontinuous there)."""
 
-    def __init__(self):
-        super().__init__(alpha=1.0)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.celu(x, 1.0)
 
     def derivative(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.where(x > 0, torch.ones_like(x), y + 1.0)
@@ -74,7 +98,7 @@ class CELU(nn.CELU):
 ACTIVATIONS = {"softplus": Softplus, "silu": SiLU, "tanh": Tanh, "celu": CELU}
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str) -> Activation:
     """Returns a fresh activation module by name; errors list the valid names."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
@@ -93,16 +117,16 @@ def sensitivities_from(radial_terms: torch.Tensor, coefficients: torch.Tensor, l
 
     All exponents come from one small matrix product followed by one
     exponential: the fewest ``[..., K, n_sens]`` temporaries, which is what
-    costs time. The exponential is taken in base 2 (torch's exp2 is 2.5–3.5x
-    faster than its exp on CPUs): s = 2^(exponent · log2 e), the base-2
-    exponent clamped at :func:`exponent_floor` of the dtype.
+    costs time. The exponential is taken in base 2, where torch's CPU kernel
+    is faster than its exp: s = 2^(exponent · log2 e), the base-2 exponent
+    clamped at :func:`exponent_floor` of the dtype.
     """
     floor = exponent_floor(radial_terms.dtype)
     exponents = radial_terms.movedim(0, -1) @ (coefficients * log2_e)  # a transposed operand, no copy
     if not exponents.requires_grad:
         # In place: one [..., K, n_sens] buffer instead of three (less cache traffic).
         return exponents.clamp_min_(floor).exp2_()
-    # threshold == clamp_min here; its eager-autograd backward (training) is ~3x faster.
+    # threshold == clamp_min here, with a faster eager-autograd backward (training).
     return torch.exp2(nn.functional.threshold(exponents, floor, floor))
 
 
@@ -250,89 +274,127 @@ class Interaction(nn.Module):
             self.pre_activation(features, graph.neighbors, graph.radial_terms, features, coefficients)[0]
         )
 
+    def blocked_pre_activation(
+        self, features: torch.Tensor, graph: PaddedNeighbors, rows: int, coefficients: torch.Tensor,
+        uniform_input: bool,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """:meth:`pre_activation` ``[N, n_out]`` of all atoms, computed on blocks of ``rows`` atoms,
+        and the sensitivities ``[B, K, n_sens]`` of each block, kept for the reverse pass."""
+        pre_blocks: List[torch.Tensor] = []
+        sensitivity_blocks: List[torch.Tensor] = []
+        for start in range(0, features.shape[0], rows):
+            block_pre, block_sensitivities = self.pre_activation(
+                features, graph.neighbors[start : start + rows], graph.radial_terms[:, start : start + rows],
+                features[start : start + rows], coefficients, uniform_input,
+            )
+            pre_blocks.append(block_pre)
+            sensitivity_blocks.append(block_sensitivities)
+        return torch.cat(pre_blocks), sensitivity_blocks
 
-def reverse_weights(interaction_weights: torch.Tensor, n_sensitivities: int) -> torch.Tensor:
-    """V ``[n_in · n_sens, n_out]`` rearranged to ``[(a, ν), b]`` (``[n_out · n_sens, n_in]``) for
-    :func:`interaction_reverse`, computed once per layer."""
-    n_in_sens, n_out = interaction_weights.shape
-    n_in = n_in_sens // n_sensitivities
-    return interaction_weights.view(n_in, -1, n_out).permute(2, 1, 0).reshape(-1, n_in)
+
+class Dense(nn.Module):
+    """An atom-wise layer y = f(W x + c), ``[N, F]`` → ``[N, F]``."""
+
+    def __init__(self, n_features: int, activation: str):
+        super().__init__()
+        self.linear = nn.Linear(n_features, n_features)
+        self.activation = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.linear(x))
 
 
-def radial_reverse(
-    environment_gradient: torch.Tensor,
-    neighbor_features: Optional[torch.Tensor],
-    sensitivities: torch.Tensor,
-    radial_coefficients: torch.Tensor,
-) -> torch.Tensor:
-    """∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, B, K]`` of a block of B atoms.
+class BlockState(NamedTuple):
+    """What the reverse (forces) and tangent (Hessian) passes keep of one block's forward pass.
 
-    From ∂E/∂environment g ``[B, n_in, n_sens]``, the neighbours' input
-    features z ``[B, K, n_in]`` (None: n_in = 1 and every z is 1), the
-    sensitivities s ``[B, K, n_sens]`` and the layer's
-    :meth:`InverseSensitivity.coefficients` c ``[4, n_sens]``:
-    Σ_ν c[t, ν] s[k, ν] Σ_b z[k, b] g[b, ν]. The log2 e of the base-2
-    exponent cancels the ln 2 of d2^x/dx. Row 2 (the constant term) has no
-    use; it comes along because MKL multiplies 4 rows 1.4–2x faster than 3.
+    The block's atom-wise part is y = f_L(W_L ⋯ f_1(W_1 f_0(p))): p the
+    interaction layer's pre-activation, f_0 its activation, W_k and f_k the
+    dense layers; x_0 = p and x_k = W_k y_{k−1} + c_k are the activations' inputs.
     """
-    n_block, width, n_sens = sensitivities.shape
-    if neighbor_features is None:
-        # Σ_ν (c[t, ν] g[ν]) s[k, ν]: one batched product, no [B, K, n_sens] temporary.
-        weighted = radial_coefficients.unsqueeze(0) * environment_gradient  # [B, 4, n_sens]
-        return torch.bmm(weighted, sensitivities.transpose(1, 2)).transpose(0, 1)  # [4, B, K], a view
-    sensitivity_gradient = neighbor_sum_reverse(environment_gradient, neighbor_features)  # [B, K, n_sens]
-    if environment_gradient.requires_grad or sensitivities.requires_grad or neighbor_features.requires_grad:
-        products = sensitivity_gradient * sensitivities  # ∂E/∂exponent
-    else:
-        products = sensitivity_gradient.mul_(sensitivities)  # in place: a fresh buffer
-    # Computed transposed: ~2.5x faster than products @ coefficients.t().
-    return torch.mm(radial_coefficients, products.view(n_block * width, n_sens).t()).view(4, n_block, width)
+
+    features: torch.Tensor  # [N, F_in] z, the interaction layer's input
+    sensitivities: List[torch.Tensor]  # [B, K, S] of each block of rows of the padded layout
+    coefficients: torch.Tensor  # [4, S] InverseSensitivity.coefficients()
+    interaction_weights: torch.Tensor  # [F_in · S, F_out] V
+    self_weight: torch.Tensor  # [F_out, F_in] W
+    dense_weights: List[torch.Tensor]  # [F_out, F_out] W_1 … W_L
+    derivatives: List[torch.Tensor]  # [N, F_out] f'_k(x_k), k = 0 … L
+    second_derivatives: List[torch.Tensor]  # [N, F_out] f''_k(x_k), k = 0 … L; empty unless asked for
+    readout_weight: torch.Tensor  # [1, F_out] w of the level's energy read-out
+    input_gradient: bool  # whether ∂E/∂z is wanted: False for the species one-hot of the first block
+    uniform_input: bool  # z is 1 everywhere (see Interaction.pre_activation)
 
 
-def interaction_reverse(
-    pre_gradient: torch.Tensor,
-    features: torch.Tensor,
-    start: int,
-    neighbors: torch.Tensor,
-    sensitivities: torch.Tensor,
-    interaction_weights: torch.Tensor,
-    transposed_weights: torch.Tensor,
-    radial_coefficients: torch.Tensor,
-    input_gradient: bool,
-    uniform_input: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Reverse pass of the neighbour part of :meth:`Interaction.pre_activation` for the
-    block of B atoms from ``start``.
+class InteractionBlock(nn.Module):
+    """One hierarchy level: an interaction layer, ``n_atom_layers`` :class:`Dense` layers and
+    the level's linear energy read-out.
 
-    Args:
-        pre_gradient: ∂E/∂pre-activation ``[N, n_out]`` of all atoms.
-        features: the layer's input features ``[N, n_in]``.
-        neighbors, sensitivities: the block's ``[B, K]`` and ``[B, K, n_sens]``.
-        interaction_weights: V ``[n_in · n_sens, n_out]``;
-        transposed_weights: from :func:`reverse_weights`;
-        radial_coefficients: the layer's :meth:`InverseSensitivity.coefficients`.
-        input_gradient: also return ∂E/∂features of the block's atoms.
-        uniform_input: every input feature is 1, as in :meth:`Interaction.pre_activation`.
-
-    Returns ∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, B, K]`` and, if ``input_gradient``,
-    the neighbour-sum part of ∂E/∂features ``[B, n_in]`` (else an empty tensor).
-    The latter uses the symmetry of the full neighbour list: atom j receives
-    Σ_i s(r_ij) ∂E/∂(environment of i) over the atoms i that list j, and
-    these are the atoms j lists, at the same distances. So it is again a
-    neighbour sum, over j's own row, with no scatter.
-
-    Below the exponent floor a sensitivity is constant and its true
-    derivative 0; this pass uses the floor's sensitivity (2^−115 in float64,
-    2^−60 in float32) times the exponent's slope instead of masking, a
-    difference far below rounding (see :mod:`mlip_md.model.graph`).
+    ``first``: the block whose input is the species one-hot (``n_in`` wide).
     """
-    n_block = neighbors.shape[0]
-    n_in = features.shape[1]
-    block_gradient = pre_gradient[start : start + n_block]
-    environment_gradient = (block_gradient @ interaction_weights.t()).view(n_block, n_in, sensitivities.shape[2])
-    neighbor_features = None if uniform_input else gather_neighbors(features, neighbors)
-    radial_gradient = radial_reverse(environment_gradient, neighbor_features, sensitivities, radial_coefficients)
-    if not input_gradient:
-        return radial_gradient, torch.empty(0, dtype=features.dtype, device=features.device)
-    environments = neighbor_sum(sensitivities, gather_neighbors(pre_gradient, neighbors))  # [B, n_out, n_sens]
-    return radial_gradient, environments.reshape(n_block, -1) @ transposed_weights
+
+    def __init__(
+        self,
+        n_in: int,
+        n_features: int,
+        n_sensitivities: int,
+        n_atom_layers: int,
+        dist_soft_min: float,
+        dist_soft_max: float,
+        cutoff: float,
+        activation: str,
+        first: bool,
+    ):
+        super().__init__()
+        self.interaction = Interaction(
+            n_in, n_features, n_sensitivities, dist_soft_min, dist_soft_max, cutoff, activation
+        )
+        self.dense = nn.ModuleList([Dense(n_features, activation) for _ in range(n_atom_layers)])
+        self.readout = nn.Linear(n_features, 1, bias=False)
+        self.input_gradient = not first
+        # The one-hot of a one-species model is 1 everywhere.
+        self.uniform_input = first and n_in == 1
+
+    def forward(self, features: torch.Tensor, graph: PaddedNeighbors) -> torch.Tensor:
+        """``features`` ``[N, n_in]`` → the block's output features ``[N, n_features]``."""
+        features = self.interaction(features, graph)
+        for layer in self.dense:
+            features = layer(features)
+        return features
+
+    def energies(self, features: torch.Tensor) -> torch.Tensor:
+        """The level's per-atom energies ``[N]`` (eV) from the block's output ``features``."""
+        return self.readout(features).squeeze(-1)
+
+    def forward_saving(
+        self, features: torch.Tensor, graph: PaddedNeighbors, rows: int, second: bool
+    ) -> Tuple[torch.Tensor, BlockState]:
+        """:meth:`forward` on blocks of ``rows`` atoms, with the :class:`BlockState` of the pass
+        (f'' too if ``second``)."""
+        interaction = self.interaction
+        coefficients = interaction.sensitivity.coefficients()
+        pre, sensitivities = interaction.blocked_pre_activation(
+            features, graph, rows, coefficients, self.uniform_input
+        )
+        derivatives: List[torch.Tensor] = []
+        second_derivatives: List[torch.Tensor] = []
+        output = interaction.activation.saving(pre, derivatives, second_derivatives, second)
+        dense_weights: List[torch.Tensor] = []
+        for layer in self.dense:
+            dense_weights.append(layer.linear.weight)
+            output = layer.activation.saving(layer.linear(output), derivatives, second_derivatives, second)
+        state = BlockState(
+            features, sensitivities, coefficients, interaction.interaction_weights,
+            interaction.self_interaction.weight, dense_weights, derivatives, second_derivatives,
+            self.readout.weight, self.input_gradient, self.uniform_input,
+        )
+        return output, state
+
+
+def output_gradients(state: BlockState, gradient: torch.Tensor) -> List[torch.Tensor]:
+    """∂E/∂y_k ``[N, F_out]`` of every activation of a block, k = 0 … L, from ∂E/∂y_L
+    ``gradient`` (see :class:`BlockState`): the reverse pass through its dense layers."""
+    gradients = [gradient]
+    for k in range(len(state.dense_weights) - 1, -1, -1):
+        gradient = (gradient * state.derivatives[k + 1]) @ state.dense_weights[k]
+        gradients.insert(0, gradient)
+    return gradients

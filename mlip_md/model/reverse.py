@@ -1,0 +1,148 @@
+"""The hand-written reverse pass of HIP-NN: ∂E/∂(distances) from the saved forward pass.
+
+:meth:`mlip_md.model.hipnn.HIPNN.energies_and_distance_gradients` runs the
+blocks' :meth:`~mlip_md.model.layers.InteractionBlock.forward_saving` on
+blocks of atoms small enough for their ``[B, K, ·]`` neighbour tensors to
+stay in the CPU cache; :func:`reverse_pass` walks the saved
+:class:`~mlip_md.model.layers.BlockState` of every level back, last first,
+on the same blocks of atoms.
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from mlip_md.model.layers import BlockState, gather_neighbors, neighbor_sum, neighbor_sum_reverse, output_gradients
+
+
+def reverse_weights(interaction_weights: torch.Tensor, n_sensitivities: int) -> torch.Tensor:
+    """V ``[n_in · n_sens, n_out]`` rearranged to ``[(a, ν), b]`` (``[n_out · n_sens, n_in]``) for
+    :func:`interaction_reverse`, computed once per layer."""
+    n_in_sens, n_out = interaction_weights.shape
+    n_in = n_in_sens // n_sensitivities
+    return interaction_weights.view(n_in, -1, n_out).permute(2, 1, 0).reshape(-1, n_in)
+
+
+def radial_reverse(
+    environment_gradient: torch.Tensor,
+    neighbor_features: Optional[torch.Tensor],
+    sensitivities: torch.Tensor,
+    radial_coefficients: torch.Tensor,
+) -> torch.Tensor:
+    """∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, B, K]`` of a block of B atoms.
+
+    From ∂E/∂environment g ``[B, n_in, n_sens]``, the neighbours' input
+    features z ``[B, K, n_in]`` (None: n_in = 1 and every z is 1), the
+    sensitivities s ``[B, K, n_sens]`` and the layer's
+    :meth:`~mlip_md.model.layers.InverseSensitivity.coefficients` c ``[4, n_sens]``:
+    Σ_ν c[t, ν] s[k, ν] Σ_b z[k, b] g[b, ν]. The log2 e of the base-2
+    exponent cancels the ln 2 of d2^x/dx. Row 2 (the constant term) has no
+    use; it comes along because MKL multiplies 4 rows faster than 3.
+    """
+    n_block, width, n_sens = sensitivities.shape
+    if neighbor_features is None:
+        # Σ_ν (c[t, ν] g[ν]) s[k, ν]: one batched product, no [B, K, n_sens] temporary.
+        weighted = radial_coefficients.unsqueeze(0) * environment_gradient  # [B, 4, n_sens]
+        return torch.bmm(weighted, sensitivities.transpose(1, 2)).transpose(0, 1)  # [4, B, K], a view
+    sensitivity_gradient = neighbor_sum_reverse(environment_gradient, neighbor_features)  # [B, K, n_sens]
+    if environment_gradient.requires_grad or sensitivities.requires_grad or neighbor_features.requires_grad:
+        products = sensitivity_gradient * sensitivities  # ∂E/∂exponent
+    else:
+        products = sensitivity_gradient.mul_(sensitivities)  # in place: a fresh buffer
+    # A transposed product: MKL runs it faster than products @ coefficients.t().
+    return torch.mm(radial_coefficients, products.view(n_block * width, n_sens).t()).view(4, n_block, width)
+
+
+def interaction_reverse(
+    pre_gradient: torch.Tensor,
+    features: torch.Tensor,
+    start: int,
+    neighbors: torch.Tensor,
+    sensitivities: torch.Tensor,
+    interaction_weights: torch.Tensor,
+    transposed_weights: torch.Tensor,
+    radial_coefficients: torch.Tensor,
+    input_gradient: bool,
+    uniform_input: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reverse pass of the neighbour part of :meth:`~mlip_md.model.layers.Interaction.pre_activation` for the
+    block of B atoms from ``start``.
+
+    Args:
+        pre_gradient: ∂E/∂pre-activation ``[N, n_out]`` of all atoms.
+        features: the layer's input features ``[N, n_in]``.
+        neighbors, sensitivities: the block's ``[B, K]`` and ``[B, K, n_sens]``.
+        interaction_weights: V ``[n_in · n_sens, n_out]``;
+        transposed_weights: from :func:`reverse_weights`;
+        radial_coefficients: the layer's sensitivity coefficients ``[4, n_sens]``.
+        input_gradient: also return ∂E/∂features of the block's atoms.
+        uniform_input: every input feature is 1 (see :class:`~mlip_md.model.layers.BlockState`).
+
+    Returns ∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, B, K]`` and, if ``input_gradient``,
+    the neighbour-sum part of ∂E/∂features ``[B, n_in]`` (else an empty tensor).
+    The latter uses the symmetry of the full neighbour list: atom j receives
+    Σ_i s(r_ij) ∂E/∂(environment of i) over the atoms i that list j, and
+    these are the atoms j lists, at the same distances. So it is again a
+    neighbour sum, over j's own row, with no scatter.
+
+    Below the exponent floor a sensitivity is constant and its true
+    derivative 0; this pass uses the floor's sensitivity (2^−115 in float64,
+    2^−60 in float32) times the exponent's slope instead of masking, a
+    difference far below rounding (see :mod:`mlip_md.model.graph`).
+    """
+    n_block = neighbors.shape[0]
+    n_in = features.shape[1]
+    block_gradient = pre_gradient[start : start + n_block]
+    environment_gradient = (block_gradient @ interaction_weights.t()).view(n_block, n_in, sensitivities.shape[2])
+    neighbor_features = None if uniform_input else gather_neighbors(features, neighbors)
+    radial_gradient = radial_reverse(environment_gradient, neighbor_features, sensitivities, radial_coefficients)
+    if not input_gradient:
+        return radial_gradient, torch.empty(0, dtype=features.dtype, device=features.device)
+    environments = neighbor_sum(sensitivities, gather_neighbors(pre_gradient, neighbors))  # [B, n_out, n_sens]
+    return radial_gradient, environments.reshape(n_block, -1) @ transposed_weights
+
+
+def block_reverse(
+    state: BlockState, gradient: torch.Tensor, neighbors: torch.Tensor, rows: int, radial_blocks: List[torch.Tensor]
+) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """One block's reverse pass from ∂E/∂(block output) ``gradient`` ``[N, F_out]``.
+
+    Returns ∂E/∂(block input) ``[N, F_in]`` (an empty tensor when the state
+    wants no input gradient) and ``radial_blocks``, ∂E/∂(1/r², 1/r, 1, log φ_cut)
+    ``[4, B, K]`` per block of ``rows`` atoms of ``neighbors`` ``[N, K]``, with
+    this block's share added (started when ``radial_blocks`` is empty).
+    """
+    pre_gradient = output_gradients(state, gradient)[0] * state.derivatives[0]  # [N, F_out]
+    weights = state.interaction_weights
+    transposed = reverse_weights(weights, state.coefficients.shape[1])
+    summed: List[torch.Tensor] = []
+    neighbor_parts: List[torch.Tensor] = []
+    for index, start in enumerate(range(0, neighbors.shape[0], rows)):
+        radial, neighbor_part = interaction_reverse(
+            pre_gradient, state.features, start, neighbors[start : start + rows], state.sensitivities[index],
+            weights, transposed, state.coefficients, state.input_gradient, state.uniform_input,
+        )
+        # Summed over the levels block by block, while each block is still in cache.
+        summed.append(radial if len(radial_blocks) == 0 else radial_blocks[index] + radial)
+        neighbor_parts.append(neighbor_part)
+    if not state.input_gradient:
+        return pre_gradient.new_empty(0), summed
+    # self-interaction part plus neighbour part
+    return pre_gradient @ state.self_weight + torch.cat(neighbor_parts), summed
+
+
+def reverse_pass(states: List[BlockState], neighbors: torch.Tensor, rows: int, n_owned: int) -> torch.Tensor:
+    """∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, N, K]`` of E = Σ_{i < n_owned} E_i, from the
+    :class:`~mlip_md.model.layers.BlockState` of every level (first block first)
+    saved on blocks of ``rows`` atoms of ``neighbors`` ``[N, K]``."""
+    n_atoms = neighbors.shape[0]
+    dtype, device = states[0].features.dtype, neighbors.device
+    owned = (torch.arange(n_atoms, device=device) < n_owned).to(dtype).unsqueeze(1)
+    radial_blocks: List[torch.Tensor] = []
+    gradient = torch.zeros(n_atoms, 1, dtype=dtype, device=device)  # ∂E/∂(block output features)
+    for level in range(len(states) - 1, -1, -1):
+        state = states[level]
+        gradient, radial_blocks = block_reverse(
+            state, gradient + state.readout_weight * owned, neighbors, rows, radial_blocks
+        )
+    return torch.cat(radial_blocks, dim=1)
