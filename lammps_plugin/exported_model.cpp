@@ -2,6 +2,7 @@
 
 #include "json.h"    // nlohmann::json as shipped with the LAMMPS headers
 
+#include <algorithm>
 #include <filesystem>
 #include <stdexcept>
 #include <unordered_map>
@@ -28,9 +29,10 @@ static json read_metadata(const std::string &path, torch::jit::Module &module)
   if (raw.empty())
     throw std::runtime_error(path + " is a TorchScript file without mlip_md metadata (" +
                              std::string(MLIP_METADATA_FILE) + "); write models with mlip_md.export");
+  // strict JSON (no NaN or Infinity), as mlip_md.contract.decode_metadata parses it, with its wording
   json metadata = json::parse(raw, nullptr, false);
   if (metadata.is_discarded() || !metadata.is_object())
-    throw std::runtime_error(path + ": metadata is not a JSON object");
+    throw std::runtime_error(path + ": metadata is not a JSON object (strict JSON: no NaN or Infinity)");
   return metadata;
 }
 
@@ -48,6 +50,20 @@ static void check_format(const json &metadata, const std::string &path)
         ". Re-export the model with a matching mlip_md.");
   for (const char *key : {"species", "cutoff", "n_interactions", "dtype", "ensemble_size"})
     if (!metadata.contains(key)) throw std::runtime_error(path + ": metadata lacks the key " + key);
+}
+
+/* every method of mlip_md.contract.REQUIRED_METHODS (a comma-separated list from CMakeLists.txt) */
+static void check_methods(const torch::jit::Module &module, const std::string &path)
+{
+  std::string methods = MLIP_REQUIRED_METHODS;
+  for (size_t begin = 0; begin <= methods.size();) {
+    size_t end = std::min(methods.find(',', begin), methods.size());
+    std::string method = methods.substr(begin, end - begin);
+    if (!module.find_method(method))
+      throw std::runtime_error(path + ": the module lacks the method " + method +
+                               "; re-export it with mlip_md.export");
+    begin = end + 1;
+  }
 }
 
 ExportedModel load_exported_model(const std::string &path)
@@ -76,8 +92,7 @@ ExportedModel load_exported_model(const std::string &path)
   if (model.species.empty() || model.cutoff <= 0.0 || model.n_interactions < 1 || model.ensemble_size < 1)
     throw std::runtime_error(path + ": metadata has an empty species list or a non-positive cutoff, "
                              "layer count or ensemble size");
-  if (!model.module.find_method("energies_and_gradients"))
-    throw std::runtime_error(path + ": the module lacks energies_and_gradients; re-export it with mlip_md.export");
+  check_methods(model.module, path);
   model.module.eval();
   return model;
 }

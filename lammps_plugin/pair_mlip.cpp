@@ -155,10 +155,9 @@ void PairMLIP::init_style()
   }
   torch::set_num_threads(n_threads);
 #ifdef __GLIBC__
-  // Each step allocates and frees tensors of up to hundreds of MB. By default
-  // glibc maps every large block afresh and its pages fault in on first touch,
-  // which doubled the cost of a 32,000-atom step here; served from the heap and
-  // kept after free, the blocks are reused (resident memory stays at its peak).
+  // Each step allocates and frees large tensors: served from the heap and kept
+  // after free, their pages are reused instead of mapped and faulted in afresh
+  // (resident memory stays at its peak; the plugin owns its process).
   if (keep_freed_memory) {
     mallopt(M_MMAP_MAX, 0);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
@@ -464,7 +463,8 @@ void *PairMLIP::extract_peratom(const char *name, int &ncols)
   ncols = 0;
   if (strcmp(name, "forces_uncertainty") != 0) return nullptr;
   if (model && model->ensemble_size < 2)
-    error->all(FLERR, "pair_style mlip: forces_uncertainty needs an ensemble model; this model has one member");
+    error->all(FLERR, "pair_style mlip: forces_uncertainty needs an ensemble model file (exported from several "
+               "members); this model file has one member");
   return forces_uncertainty;
 }
 

@@ -8,12 +8,11 @@ Public API:
 * :class:`MLIPCalculator` — ASE calculator serving an exported file.
 """
 
-__version__ = "0.1.0"
-
-from mlip_md.model.hipnn import HIPNN, hierarchicality  # noqa: E402
-from mlip_md.contract import ModelFileError, load_exported  # noqa: E402
-from mlip_md.export import export  # noqa: E402
-from mlip_md.calculator import CloseContactWarning, MLIPCalculator  # noqa: E402
+from mlip_md.version import __version__
+from mlip_md.model.hipnn import HIPNN, hierarchicality
+from mlip_md.contract import ModelFileError, load_exported
+from mlip_md.export import export
+from mlip_md.calculator import CloseContactWarning, MLIPCalculator
 
 __all__ = [
     "HIPNN",

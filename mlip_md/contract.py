@@ -39,14 +39,20 @@ Derived quantities (``g_e = ∂E/∂r_e`` for the total energy E):
     forces  F_k = Σ_{e: i_e = k} g_e − Σ_{e: j_e = k} g_e         (eV/Å)
     virial  W = −Σ_e r_e ⊗ g_e,  stress σ = −W / V              (eV/Å³, ASE sign)
 
+Both loaders (:func:`load_exported` and the LAMMPS plugin) refuse a file
+that lacks one of :data:`REQUIRED_METHODS`.
+
 Metadata: a JSON object stored as the extra file :data:`METADATA_FILE`
 with the keys of :data:`REQUIRED_METADATA` (see :func:`make_metadata`).
+It is strict JSON (RFC 8259), the dialect both loaders parse: no NaN or
+Infinity, which :func:`encode_metadata` refuses to write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -59,6 +65,9 @@ FORMAT_VERSION = 3  # 2: energies_and_gradients added; 3: hessian added
 METADATA_FILE = "mlip_md_metadata.json"
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+REQUIRED_METHODS = ("forward", "energies_and_gradients", "hessian")  # CMakeLists.txt reads this line
+# The plugin's exported_model.cpp words this error the same (tests/test_lammps.py checks both).
+NOT_A_JSON_OBJECT = "metadata is not a JSON object (strict JSON: no NaN or Infinity)"
 
 REQUIRED_METADATA = (
     "format",  # always FORMAT_NAME
@@ -135,6 +144,43 @@ def make_metadata(
     return metadata
 
 
+def _non_finite_keys(value: Any, key: str) -> List[str]:
+    """The keys (``a.b[2]`` paths) under ``key`` whose value is a NaN or infinite float."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [key]
+    if isinstance(value, dict):
+        return [found for name, item in value.items() for found in _non_finite_keys(item, f"{key}.{name}")]
+    if isinstance(value, (list, tuple)):
+        return [found for index, item in enumerate(value) for found in _non_finite_keys(item, f"{key}[{index}]")]
+    return []
+
+
+def encode_metadata(metadata: Dict[str, Any]) -> str:
+    """``metadata`` as strict JSON; ValueError naming the key of any NaN or infinite number."""
+    bad = [found for name, value in metadata.items() for found in _non_finite_keys(value, name)]
+    if bad:
+        raise ValueError(
+            f"metadata key(s) {bad} hold NaN or infinite numbers, which strict JSON (the dialect both "
+            "model loaders read) cannot store; replace them (e.g. with null or a string)"
+        )
+    return json.dumps(metadata, allow_nan=False)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # json.loads accepts NaN and Infinity unless told not to
+
+
+def decode_metadata(raw: str | bytes, source: str) -> Dict[str, Any]:
+    """Parses metadata as strictly as the plugin does; :class:`ModelFileError` if it is not a JSON object."""
+    try:
+        metadata = json.loads(raw, parse_constant=_refuse_constant)
+    except ValueError as error:  # JSONDecodeError, NaN/Infinity, bad UTF-8
+        raise ModelFileError(f"{source}: {NOT_A_JSON_OBJECT}") from error
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{source}: {NOT_A_JSON_OBJECT}")
+    return metadata
+
+
 def validate_metadata(metadata: Dict[str, Any], source: str) -> None:
     """Raises :class:`ModelFileError` naming what is wrong with ``metadata``."""
     if metadata.get("format") != FORMAT_NAME:
@@ -177,15 +223,10 @@ def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu") -
             f"{path} is a TorchScript file without mlip_md metadata ({METADATA_FILE}); "
             "write models with mlip_md.export"
         )
-    try:
-        metadata = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise ModelFileError(f"{path}: metadata is not valid JSON ({error})") from error
-    if not isinstance(metadata, dict):
-        raise ModelFileError(f"{path}: metadata is not a JSON object")
+    metadata = decode_metadata(raw, path)
     validate_metadata(metadata, path)
-    for method in ("energies_and_gradients", "hessian"):
+    for method in REQUIRED_METHODS:
         if not hasattr(module, method):
-            raise ModelFileError(f"{path}: the module lacks {method}; re-export it with mlip_md.export")
+            raise ModelFileError(f"{path}: the module lacks the method {method}; re-export it with mlip_md.export")
     module.eval()
     return ExportedModel(module, metadata)

@@ -4,9 +4,8 @@ All functions take the exported TorchScript module (contract in
 :mod:`mlip_md.contract`) and plain tensors; they know nothing of ASE.
 
 The frozen module runs with TorchScript's graph optimiser switched off
-(``torch.jit.optimized_execution(False)``): op-by-op execution with ATen's
-autograd was measured 8–11 % faster for energy + forces than the profiling
-executor, and needs no warm-up calls.
+(``torch.jit.optimized_execution(False)``): op-by-op execution needs no
+warm-up or re-profiling calls as graph sizes change from step to step.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ def forces_from_edge_gradients(
         outgoing = _run_sums(edge_index[0], columns, n_atoms)
     else:
         outgoing = columns.new_zeros(3 * n_members, n_atoms).index_add_(1, edge_index[0], columns)
-    # No `alpha` (torch's alpha != 1 path is ~10x slower): two sums, one difference.
+    # Two sums and one difference rather than index_add_ with alpha=-1, which takes torch's slow path.
     incoming = columns.new_zeros(3 * n_members, n_atoms).index_add_(1, edge_index[1], columns)
     return (outgoing - incoming).view(n_members, 3, n_atoms).permute(0, 2, 1)
 
@@ -49,9 +48,9 @@ def forces_from_edge_gradients(
 def _run_sums(sorted_index: torch.Tensor, columns: torch.Tensor, n_atoms: int) -> torch.Tensor:
     """Σ_{e: index_e = k} columns[:, e] ``[R, N]`` for a non-decreasing ``index`` ``[E]`` (CPU, no autograd).
 
-    Each atom's edges are one run: numpy's reduceat sums runs 2–3x faster than
-    index_add_, whose adds into one atom form a dependency chain when the
-    index is sorted.
+    Each atom's edges are one run, which numpy's reduceat sums in one pass;
+    index_add_'s adds into one atom form a dependency chain when the index is
+    sorted.
     """
     values = columns.numpy()
     starts = np.searchsorted(sorted_index.numpy(), np.arange(n_atoms + 1))  # [N + 1]

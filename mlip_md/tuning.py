@@ -16,13 +16,15 @@ _TRIM_THRESHOLD = 1024 * 1024 * 1024
 def keep_freed_memory() -> bool:
     """Asks glibc's malloc to reuse freed memory instead of returning it to the OS.
 
-    Each model evaluation allocates and frees tens of MB of temporaries.
-    With glibc's defaults every such block is a fresh ``mmap`` whose pages
-    fault in on first touch, which on virtual machines costs more than the
-    arithmetic (measured here: 25–40 % of a 2,048-atom step, half of a
-    32,000-atom one). After this call every block comes from the heap and up
-    to 1 GB of freed memory is kept for reuse, so resident memory stays at its
-    peak. The LAMMPS plugin does the same (``keep_freed_memory yes``).
+    Process-wide, so nothing in mlip_md calls it unless asked: the
+    ``mlip-md`` entry point does, and :class:`mlip_md.MLIPCalculator` does when
+    constructed with ``keep_freed_memory=True`` (its docstring says what that
+    gains). Each model evaluation allocates and frees large temporaries; with
+    glibc's defaults every such block is a fresh ``mmap`` whose pages fault in
+    on first touch. After this call every block comes from the heap and up to
+    1 GB of freed memory is kept for reuse, so resident memory stays at its
+    peak. The LAMMPS plugin does the same (``keep_freed_memory yes``, its
+    default: it owns its process).
 
     Returns True if the settings were applied (Linux with glibc), else False.
     """

@@ -1,5 +1,9 @@
 """MLIPCalculator against physics: finite differences, invariances, ensembles, bad input."""
 
+import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -11,6 +15,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 
 import mlip_md
 from conftest import make_model, numeric_forces, numeric_hessian, numeric_stress, random_cell
+from isolated import run_isolated
 from mlip_md.physics import forces_from_edge_gradients
 
 
@@ -163,10 +168,13 @@ def test_ensemble_mean_and_uncertainty(tmp_path, cell):
     assert expected.min() > 0
 
 
-def test_single_model_uncertainty_is_zero(cell, calc):
+@pytest.mark.parametrize("name", ["energy_uncertainty", "forces_uncertainty"])
+def test_single_model_uncertainty_is_refused(cell, calc, name):
+    # As in the LAMMPS plugin: a clear error, not zeros that look like certainty.
     cell.get_forces()
-    assert calc.results["energy_uncertainty"] == 0.0
-    np.testing.assert_array_equal(calc.results["forces_uncertainty"], 0.0)
+    with pytest.raises(PropertyNotImplementedError, match=f"{name} needs an ensemble model file.*has one member"):
+        calc.get_property(name, cell)
+    assert name not in calc.results and name not in calc.implemented_properties
 
 
 def test_float32_model_agrees_with_float64(tmp_path, cell):
@@ -269,3 +277,129 @@ def test_ensemble_hessian_is_mean_of_members(tmp_path, cluster):
     singles = [mlip_md.MLIPCalculator(mlip_md.export(m, tmp_path / f"h{k}.pt")) for k, m in enumerate(members)]
     expected = np.mean([single.get_hessian(cluster) for single in singles], axis=0)
     np.testing.assert_allclose(ensemble.get_hessian(cluster), expected, rtol=0, atol=1e-10)
+
+
+def test_coincident_with_own_periodic_image_is_refused(calc):
+    atoms = Atoms("Al", cell=[3.0, 3.0, 1e-6], pbc=True)
+    atoms.calc = calc
+    with pytest.raises(ValueError, match="atom 0 and its own periodic image sit on top of each other.*vector 2"):
+        atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize("cell, distance", [([0.5, 0.5, 0.5], "0.500"), ([3.0, 3.0, 1e-3], "0.001")])
+def test_close_own_periodic_image_warns(tmp_path, cell, distance):
+    calc = mlip_md.MLIPCalculator(mlip_md.export(make_model(species=("Al",)), tmp_path / "al.pt"))
+    atoms = Atoms("Al", cell=cell, pbc=True)
+    atoms.calc = calc
+    with pytest.warns(mlip_md.CloseContactWarning, match=f"Al0-its own periodic image at {distance} Å"):
+        atoms.get_potential_energy()
+
+
+def test_non_finite_model_output_is_refused(tmp_path, cluster):
+    model = make_model()
+    with torch.no_grad():
+        model.readouts[1].weight[0, 0] = float("nan")
+    cluster.calc = mlip_md.MLIPCalculator(mlip_md.export(model, tmp_path / "nan.pt"))
+    with pytest.raises(FloatingPointError, match="non-finite .*energies or forces.*model file"):
+        cluster.get_potential_energy()
+    assert "energy" not in cluster.calc.results
+    with pytest.raises(FloatingPointError, match="non-finite .*Hessian"):
+        cluster.calc.get_hessian(cluster)
+
+
+def test_non_finite_ensemble_member_is_named(tmp_path, cluster):
+    members = [make_model(seed=1), make_model(seed=2)]
+    with torch.no_grad():
+        members[1].readouts[0].weight.fill_(float("inf"))
+    cluster.calc = mlip_md.MLIPCalculator(mlip_md.export(members, tmp_path / "inf.pt"))
+    with pytest.raises(FloatingPointError, match=r"ensemble member\(s\) \[1\]"):
+        cluster.get_forces()
+
+
+# -- far-apart atoms (once SIGFPE inside the neighbour list) ----------------------------------
+
+
+@pytest.mark.parametrize("layout", ["pair_open", "slab_and_atom_above"])
+def test_far_apart_atoms_give_isolated_energies(model_file, layout):
+    result = run_isolated(f"""
+        import numpy as np
+        from ase import Atoms
+        from ase.build import fcc111
+        import mlip_md
+
+        def energy(atoms):
+            atoms.calc = mlip_md.MLIPCalculator({str(model_file)!r})
+            return atoms.get_potential_energy(), atoms.get_forces()
+
+        if {layout!r} == "pair_open":
+            parts = [Atoms("Al", positions=[[0, 0, 0]]), Atoms("Cu", positions=[[1e6, 0, 0]])]
+        else:
+            slab = fcc111("Al", (2, 2, 3), vacuum=5.0)
+            slab.pbc = [True, True, False]
+            atom = Atoms("Cu", positions=[[0.4, 0.3, 1e6]], cell=slab.cell, pbc=slab.pbc)
+            parts = [slab, atom]
+        whole = parts[0] + parts[1]
+        together, forces = energy(whole)
+        alone = [energy(part.copy()) for part in parts]
+        print(json.dumps({{
+            "difference": together - sum(e for e, _ in alone),
+            "force_difference": float(np.abs(forces - np.vstack([f for _, f in alone])).max()),
+            "far_force": float(np.abs(forces[-1]).max()),
+        }}))
+        """, timeout=120, memory_gb=3)
+    assert abs(result["difference"]) < 1e-10
+    assert result["force_difference"] < 1e-10 and result["far_force"] == 0.0
+
+
+# -- process-wide state is the caller's ------------------------------------------------------
+
+
+def test_default_calculator_leaves_the_process_alone(model_file, cell, monkeypatch):
+    calls = []
+    monkeypatch.setattr(mlip_md.tuning, "keep_freed_memory", lambda: calls.append(1) or True)
+    threads, environment = torch.get_num_threads(), dict(os.environ)
+    cell.calc = mlip_md.MLIPCalculator(model_file)
+    cell.get_forces()
+    cell.calc.get_hessian(cell)
+    assert calls == [] and torch.get_num_threads() == threads and dict(os.environ) == environment
+    mlip_md.MLIPCalculator(model_file, keep_freed_memory=True)
+    assert calls == [1], "opting in tunes malloc"
+
+
+def test_importing_mlip_md_leaves_the_process_alone():
+    script = """
+import json, os, sys
+import matplotlib, torch
+matplotlib.use("svg")
+torch.set_num_threads(3)
+before = (dict(os.environ), torch.get_num_threads(), matplotlib.get_backend())
+import mlip_md
+after = (dict(os.environ), torch.get_num_threads(), matplotlib.get_backend())
+print(json.dumps({"same": before == after, "after": after[1:], "pyplot": "matplotlib.pyplot" in sys.modules}))
+"""
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    result = json.loads(output.splitlines()[-1])
+    assert result["same"], result
+    assert result["after"] == [3, "svg"] and not result["pyplot"]
+
+
+def test_todict_is_recorded_by_an_ase_database(tmp_path, model_file, cell):
+    import hashlib
+
+    from ase.db import connect
+
+    cell.calc = mlip_md.MLIPCalculator(model_file, skin=0.5, close_contact_factor=0.4, num_threads=torch.get_num_threads())
+    energy = cell.get_potential_energy()
+    database = connect(tmp_path / "results.db")
+    row = database.get(database.write(cell))
+    assert row.calculator == "mlipcalculator" and row.energy == pytest.approx(energy, abs=1e-12)
+    expected = {
+        "model_path": os.path.abspath(model_file),
+        "model_sha256": hashlib.sha256(open(model_file, "rb").read()).hexdigest(),
+        "device": "cpu",
+        "skin": 0.5,
+        "close_contact_factor": 0.4,
+        "keep_freed_memory": False,
+        "num_threads": torch.get_num_threads(),
+    }
+    assert row.calculator_parameters == expected == cell.calc.todict()

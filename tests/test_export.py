@@ -1,6 +1,9 @@
 """The exported file: metadata, independence from mlip_md, and refusal of bad files."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import zipfile
@@ -10,7 +13,10 @@ import torch
 
 import mlip_md
 from conftest import make_model
-from mlip_md.contract import FORMAT_VERSION, METADATA_FILE, ModelFileError, load_exported
+from mlip_md.contract import (FORMAT_VERSION, METADATA_FILE, NOT_A_JSON_OBJECT, REQUIRED_METHODS, ModelFileError,
+                              load_exported)
+from mlip_md.export import _host
+from model_files import read_metadata, with_metadata, with_metadata_text, without_method
 
 
 def test_metadata_travels_inside(model_file):
@@ -88,24 +94,16 @@ def test_torchscript_without_metadata(tmp_path):
         load_exported(path)
 
 
-def _rewrite_metadata(source, destination, change):
-    extra = {METADATA_FILE: ""}
-    module = torch.jit.load(source, _extra_files=extra)
-    metadata = json.loads(extra[METADATA_FILE])
-    change(metadata)
-    torch.jit.save(module, str(destination), _extra_files={METADATA_FILE: json.dumps(metadata)})
-
-
 def test_unknown_version(tmp_path, model_file):
     path = tmp_path / "future.pt"
-    _rewrite_metadata(model_file, path, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with_metadata(model_file, path, lambda m: m.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(ModelFileError, match=f"format version {FORMAT_VERSION + 1}"):
         load_exported(path)
 
 
 def test_missing_metadata_key(tmp_path, model_file):
     path = tmp_path / "nocutoff.pt"
-    _rewrite_metadata(model_file, path, lambda m: m.pop("cutoff"))
+    with_metadata(model_file, path, lambda m: m.pop("cutoff"))
     with pytest.raises(ModelFileError, match="cutoff"):
         load_exported(path)
 
@@ -143,3 +141,91 @@ def test_edges_beyond_cutoff_are_ignored(model_file):
     exact = module(species, *_edges(atoms, 6.0))
     with_skin = module(species, *_edges(atoms, 7.5))
     torch.testing.assert_close(with_skin, exact, rtol=0, atol=1e-12)
+
+
+# -- one JSON dialect, every contract method ------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_metadata_is_refused_naming_the_key(tmp_path, value):
+    with pytest.raises(ValueError, match=r"\['training.losses\[1\]'\].*strict JSON"):
+        mlip_md.export(make_model(), tmp_path / "m.pt", extra_metadata={"training": {"losses": [0.1, value]}})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_loader_refuses_non_strict_json_as_the_plugin_does(tmp_path, model_file, constant):
+    # Hand-made: export cannot write it. The same file and wording in test_lammps.py.
+    path = with_metadata_text(model_file, tmp_path / "nan.pt", lambda text: text.replace("6.0", constant, 1))
+    with pytest.raises(ModelFileError, match=re.escape(f"nan.pt: {NOT_A_JSON_OBJECT}")):
+        load_exported(path)
+
+
+def test_metadata_is_strict_json(model_file):
+    _, raw = read_metadata(model_file)
+    json.loads(raw, parse_constant=lambda name: pytest.fail(f"{name} in the metadata"))
+
+
+@pytest.mark.parametrize("method", REQUIRED_METHODS)
+def test_file_lacking_a_contract_method_is_refused(tmp_path, model_file, method):
+    path = without_method(model_file, tmp_path / f"no_{method}.pt", method)
+    with pytest.raises(ModelFileError, match=f"lacks the method {method}; re-export"):
+        load_exported(path)
+
+
+# -- the file on disk ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_file_mode_is_that_of_a_new_file(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        path = mlip_md.export(make_model(), tmp_path / "model.pt")
+    finally:
+        os.umask(previous)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
+    def interrupted_save(module, path, _extra_files=None):
+        with open(path, "wb") as handle:
+            handle.write(b"half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.jit, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        mlip_md.export(make_model(), tmp_path / "model.pt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_partial_of_a_killed_export_is_removed_by_the_next(tmp_path):
+    # The child stops inside torch.jit.save, its partial file written, until SIGKILL.
+    script = f"""
+import sys, time, torch
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from conftest import make_model
+import mlip_md
+
+def stuck_save(module, path, _extra_files=None):
+    open(path, "wb").write(b"half a model")
+    print("saving", flush=True)
+    time.sleep(600)
+
+torch.jit.save = stuck_save
+mlip_md.export(make_model(), {str(tmp_path / "model.pt")!r})
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "saving"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    stale = [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
+    assert len(stale) == 1 and f".{child.pid}." in stale[0]
+    host = _host()
+    live = [f".model.pt.{host}.{os.getpid()}.0a1b.partial", f".model.pt.otherhost.{child.pid}.0a1c.partial"]
+    for name in live:  # a live export of this host, and one of another host (shared file systems)
+        (tmp_path / name).write_bytes(b"in progress")
+    mlip_md.export(make_model(), tmp_path / "model.pt")
+    assert sorted(os.listdir(tmp_path)) == sorted(live + ["model.pt"])
+    load_exported(tmp_path / "model.pt")

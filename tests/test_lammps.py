@@ -15,13 +15,15 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
+from ase.calculators.calculator import PropertyNotImplementedError
 
 import mlip_md
-from mlip_md.contract import METADATA_FILE, load_exported
+from mlip_md.contract import NOT_A_JSON_OBJECT, REQUIRED_METHODS, ModelFileError, load_exported
 from mlip_md.lammps import PluginBuildError, build_plugin
 from mlip_md.neighbors import neighbor_list
 
 from conftest import make_model, random_cell
+from model_files import with_metadata, with_metadata_text, without_method
 
 DRIVER = Path(__file__).with_name("lammps_driver.py")
 BIN = Path(sys.executable).parent
@@ -290,13 +292,7 @@ def test_lmp_launcher_autoloads_the_plugin(tmp_path, plugin, model_file):
 
 
 def wrong_version_file(tmp_path: Path, model_file: str) -> str:
-    extra = {METADATA_FILE: ""}
-    module = torch.jit.load(model_file, _extra_files=extra)
-    metadata = json.loads(extra[METADATA_FILE])
-    metadata["format_version"] = 99
-    path = tmp_path / "future.pt"
-    torch.jit.save(module, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
-    return str(path)
+    return with_metadata(model_file, tmp_path / "future.pt", lambda metadata: metadata.update(format_version=99))
 
 
 @pytest.mark.parametrize(
@@ -349,6 +345,42 @@ def test_non_finite_model_output_ends_in_a_lammps_error(tmp_path, plugin):
     result = run_lmp(tmp_path, lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {path} Al Cu"))
     assert result.returncode > 0
     assert "returned non-finite energies or forces" in result.stdout + result.stderr
+
+
+def refusals(tmp_path: Path, path: str) -> tuple:
+    """(the plugin's output, the Python loader's error) for one model file."""
+    result = run_lmp(tmp_path, lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {path} Al Cu"))
+    assert result.returncode > 0, result.stdout[-2000:]
+    with pytest.raises(ModelFileError) as python_error:
+        load_exported(path)
+    return result.stdout + result.stderr, str(python_error.value)
+
+
+def test_both_loaders_refuse_non_strict_json_alike(tmp_path, plugin, model_file):
+    # One JSON dialect: the Python loader once accepted the NaN that the plugin refused.
+    path = with_metadata_text(model_file, tmp_path / "nan.pt", lambda text: text.replace("6.0", "NaN", 1))
+    output, python_message = refusals(tmp_path, path)
+    assert python_message == f"{path}: {NOT_A_JSON_OBJECT}"
+    assert f"ERROR: pair_style mlip: {python_message}" in output, output[-2000:]
+
+
+@pytest.mark.parametrize("method", REQUIRED_METHODS)
+def test_both_loaders_refuse_a_file_lacking_a_contract_method(tmp_path, plugin, model_file, method):
+    output, python_message = refusals(tmp_path, without_method(model_file, tmp_path / f"no_{method}.pt", method))
+    assert f"lacks the method {method}; re-export it" in python_message
+    assert f"ERROR: pair_style mlip: {python_message}" in output, output[-2000:]
+
+
+def test_single_model_uncertainty_is_refused_by_both_serving_paths(tmp_path, plugin, model_file):
+    deck = lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {model_file} Al Cu\n"
+                    "fix sigma all pair 1 mlip forces_uncertainty 0")
+    result = run_lmp(tmp_path, deck)
+    assert result.returncode > 0
+    assert "forces_uncertainty needs an ensemble model file (exported from several members)" in result.stdout
+    atoms = two_element_cell()
+    atoms.calc = mlip_md.MLIPCalculator(model_file)
+    with pytest.raises(PropertyNotImplementedError, match=r"needs an ensemble model file \(exported from several"):
+        atoms.calc.get_property("forces_uncertainty", atoms)
 
 
 def test_newton_off_on_two_ranks_is_refused(tmp_path, plugin, model_file):
