@@ -194,3 +194,87 @@ def test_declared_units_must_be_ev_and_angstrom(tmp_path):
     write(path, images)
     with pytest.raises(LabelError, match="energy_unit is 'kcal/mol'; mlip_md works in eV"):
         read_configurations(path)
+
+
+def _unreadable(tmp_path, kind):
+    """A data path that is not a readable data file, of the given kind."""
+    path = tmp_path / {"empty": "empty.extxyz", "garbage": "garbage.extxyz", "text": "notes.extxyz",
+                       "directory": "data", "extension": "data.qwerty", "database": "broken.db"}[kind]
+    if kind == "directory":
+        path.mkdir()
+    elif kind in ("garbage", "database"):
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes())
+    else:
+        path.write_text({"empty": "", "text": "energies of aluminium\n1 2 3\n", "extension": "x\n"}[kind])
+    return path
+
+
+UNREADABLE = {
+    "empty": "is empty",
+    "garbage": "cannot be read as configurations: UnicodeDecodeError",
+    "text": "cannot be read as configurations: XYZError",
+    "directory": "is a directory",
+    "extension": "not a file format ASE reads",
+    "database": "cannot be read as configurations: DatabaseError",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+def test_unreadable_data_files_are_named_errors(tmp_path, kind):
+    path = _unreadable(tmp_path, kind)
+    with pytest.raises(LabelError) as raised:
+        read_configurations(path)
+    assert str(path) in str(raised.value) and UNREADABLE[kind] in str(raised.value)
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "directory", "extension"])
+def test_cli_reports_unreadable_data(tmp_path, capsys, model_file, kind):
+    """`mlip-md train` and `mlip-md eval` print one line naming the file (exit code 2), no traceback."""
+    import yaml
+
+    from mlip_md.cli import main
+
+    path = _unreadable(tmp_path, kind)
+    assert main(["eval", str(model_file), str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("mlip-md eval: error: ") and str(path) in error and UNREADABLE[kind] in error
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"data": {"train": str(path)}}))
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("mlip-md train: error: ") and str(path) in error and "Traceback" not in error
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_content_hash_sees_structures_and_labels():
+    from dataclasses import replace
+
+    from mlip_md.data.dataset import content_hash
+
+    configurations = [configuration_from_atoms(atoms) for atoms in _emt_images(3)]
+    reference = content_hash(configurations)
+    assert content_hash([configuration_from_atoms(atoms) for atoms in _emt_images(3)]) == reference
+    assert content_hash([replace(configurations[0], source="elsewhere.extxyz[0]")] + configurations[1:]) == reference
+    moved = configurations[2].positions.copy()
+    moved[0, 0] += 1e-9
+    changes = [
+        configurations[::-1],
+        configurations[:2],
+        configurations[:2] + [replace(configurations[2], positions=moved)],
+        configurations[:2] + [replace(configurations[2], energy=configurations[2].energy + 1e-9)],
+        configurations[:2] + [replace(configurations[2], forces=None)],
+        configurations[:2] + [replace(configurations[2], pbc=np.array([True, True, False]))],
+    ]
+    assert all(content_hash(changed) != reference for changed in changes)
+
+
+def test_batches_cover_a_set_in_the_given_order():
+    from mlip_md.data.batch import batches
+
+    configurations = [configuration_from_atoms(atoms) for atoms in _emt_images(5)]
+    cache = GraphCache(configurations, 4.0)
+    order = [3, 0, 4, 1, 2]
+    seen = list(batches(cache, SpeciesMap(["Al", "Cu"]), 2, order=order))
+    assert [start for start, _, _ in seen] == [0, 2, 4]
+    assert [index.tolist() for _, index, _ in seen] == [[3, 0], [4, 1], [2]]
+    assert seen[1][2].energy.tolist() == [configurations[4].energy, configurations[1].energy]

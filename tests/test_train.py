@@ -12,8 +12,12 @@ import mlip_md
 from mlip_md.cli import main
 from mlip_md.contract import load_exported
 from mlip_md.data.generate import generate_aluminium, write_images
+from mlip_md.data import GraphCache
 from mlip_md.train.config import ConfigError, config_from_dict, load_config
-from mlip_md.train.trainer import load_data, train, train_member
+from mlip_md.train.errors import TrainingError
+from mlip_md.train.trainer import build_model, load_data, train, train_member
+
+from emt_cells import tiny_config, write_cells
 
 SMALL_MODEL = dict(n_interactions=2, n_features=12, n_sensitivities=10, n_atom_layers=1, cutoff=5.0,
                    dist_soft_min=1.5, dist_soft_max=4.5)
@@ -171,7 +175,7 @@ def test_hessian_training_reduces_hessian_error(tmp_path, mode):
     train_member(config, load_data(config), 0, str(tmp_path / mode))
     records = [json.loads(line) for line in open(tmp_path / mode / "metrics.jsonl")]
     if mode == "full":  # `mlip-md eval` reports Hessian errors of the deployed model; train() plots them
-        from mlip_md.train.evaluate import evaluate_exported
+        from mlip_md.evaluate import evaluate_exported
 
         summary = train(config, str(tmp_path / "plots"), show_progress=False)
         assert str(tmp_path / "plots" / "parity_hessian.png") in summary["plots"]
@@ -229,3 +233,229 @@ def test_resume_with_a_different_model_is_refused(aluminium, tmp_path):
     config.model.n_features = 8
     with pytest.raises(ValueError, match="different model settings"):
         train_member(config, data, 0, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("training: {learning_rate: .inf}", "training.learning_rate must be a finite number"),
+        ("training: {learning_rate: .nan}", "training.learning_rate must be a finite number"),
+        ("training: {lr_factor: -.inf}", "training.lr_factor must be a finite number"),
+        ("model: {dist_soft_max: .nan}", "model.dist_soft_max must be a finite number"),
+        ("loss: {forces_rmse: .inf}", "loss.forces_rmse must be a finite number"),
+        ("training: {learning_rate: 'inf'}", "training.learning_rate must be a finite number"),
+        ("training: {learning_rate: fast}", "training.learning_rate must be float"),
+        ("training: {lr_patience: -1}", "training.lr_patience must be >= 0"),
+        ("training: {early_stopping_patience: -2}", "training.early_stopping_patience must be >= 0"),
+        ("training: {min_learning_rate: -1.0e-6}", r"training.min_learning_rate must be in \[0, training.learning_rate\]"),
+        ("training: {min_learning_rate: 0.1}", r"training.min_learning_rate must be in \[0, training.learning_rate\]"),
+        ("training: {n_probes: 0}", "training.n_probes must be at least 1"),
+        ("model: {n_sensitivities: 1}", "model.n_sensitivities must be at least 2"),
+        ("model: {cutoff: 4.0, dist_soft_max: 4.5}", "need 0 < model.dist_soft_min < model.dist_soft_max <= model.cutoff"),
+    ],
+)
+def test_config_refuses_non_finite_and_negative_values(tmp_path, yaml_text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {train: al.extxyz}\n" + yaml_text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_yaml_numbers_without_a_dot_are_floats(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-3 and 1.0e6 as strings; float keys convert them."""
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {train: al.extxyz}\ntraining: {learning_rate: 1e-3, min_learning_rate: 1e-7}\n"
+                    "loss: {hessian: 1.0e6, l2: 0}\n")
+    assert isinstance(yaml.safe_load(path.read_text())["loss"]["hessian"], str)
+    config = load_config(path)
+    assert config.training.learning_rate == 1e-3 and config.training.min_learning_rate == 1e-7
+    assert config.loss.hessian == 1e6 and isinstance(config.loss.l2, float)
+
+
+def test_cli_refuses_an_infinite_learning_rate(aluminium, tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"data: {{train: {aluminium}}}\ntraining: {{learning_rate: .inf}}\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "training.learning_rate must be a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def _strict_json(text):
+    """Parses JSON, refusing NaN and Infinity as the JSON standard does."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    return write_cells(tmp_path_factory.mktemp("cells") / "cells.extxyz", n=24, seed=1)
+
+
+def _poisoned(config, where):
+    """The data of ``config`` with NaN energies in every configuration of the set ``where``;
+    reference energies are fit on the clean training set."""
+    data = load_data(config)
+    cache = getattr(data, where)
+    cache.configurations[:] = [dataclasses.replace(c, energy=float("nan")) for c in cache.configurations]
+    return data
+
+
+def test_a_diverging_run_fails_and_exports_nothing(cells, tmp_path, monkeypatch):
+    """Non-finite steps lower the learning rate; below training.min_learning_rate the run fails."""
+    from mlip_md.train import trainer
+
+    config = config_from_dict(tiny_config(cells, training={"min_learning_rate": 1e-3, "max_epochs": 4}))
+    clean = load_data(config).train.configurations
+    original = trainer.build_model
+    monkeypatch.setattr(trainer, "build_model", lambda c, s, train, seed: original(c, s, clean, seed))
+    monkeypatch.setattr(trainer, "load_data", lambda c: _poisoned(c, "train"))
+    with pytest.raises(TrainingError, match=r"training diverged.*epoch 1, batch 3.*below training.min_learning_rate"):
+        train(config, str(tmp_path / "run"), show_progress=False)
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_run_without_a_finite_validation_loss_fails(cells, tmp_path, monkeypatch):
+    from mlip_md.train import trainer
+
+    config = config_from_dict(tiny_config(cells))
+    monkeypatch.setattr(trainer, "load_data", lambda c: _poisoned(c, "valid"))
+    with pytest.raises(TrainingError, match="no epoch gave a finite validation loss in 2 epoch"):
+        train(config, str(tmp_path / "run"), show_progress=False)
+    assert not (tmp_path / "run" / "model.pt").exists()
+    records = [_strict_json(line) for line in open(tmp_path / "run" / "member_0" / "metrics.jsonl")]
+    assert [r["valid"]["energy_rmse"] for r in records] == [None, None]
+    assert all(r["train"]["energy_rmse"] > 0 for r in records)
+
+
+def test_metrics_files_are_strict_json_with_null_for_missing_values(tmp_path, capsys):
+    """No validation set and no forces: the errors that do not exist are null, in every file and in `eval`."""
+    energy_only = write_cells(tmp_path / "energies.extxyz", n=12, forces=False)
+    config = config_from_dict(tiny_config(energy_only, data={"valid_fraction": 0.0}))
+    summary = train(config, str(tmp_path / "run"), show_progress=False)
+    written = _strict_json((tmp_path / "run" / "metrics.json").read_text())
+    assert written["members"] == summary["members"]
+    assert written["members"][0]["valid"] == dict.fromkeys(["energy_rmse", "energy_mae", "forces_rmse", "forces_mae"])
+    assert written["members"][0]["train"]["forces_mae"] is None and written["members"][0]["train"]["energy_mae"] > 0
+    for line in open(tmp_path / "run" / "member_0" / "metrics.jsonl"):
+        assert _strict_json(line)["valid"]["energy_rmse"] is None
+    assert main(["eval", summary["model"], energy_only]) == 0
+    result = _strict_json(capsys.readouterr().out)
+    assert result["forces_mae"] is None and result["forces_rmse"] is None and result["energy_mae"] > 0
+
+
+def test_distilled_errors_are_against_the_true_labels(tmp_path):
+    """An energy-only training file, a test file with EMT forces: the student's test force
+    errors in metrics.json are those of `mlip-md eval` against the EMT forces."""
+    from mlip_md.evaluate import evaluate_exported
+
+    train_file = write_cells(tmp_path / "energies.extxyz", n=16, seed=2, forces=False)
+    test_file = write_cells(tmp_path / "test.extxyz", n=6, seed=3)
+    config = config_from_dict(tiny_config(train_file, data={"test": test_file}, ensemble={"size": 2, "distill": True}))
+    summary = train(config, str(tmp_path / "run"), show_progress=False)
+    test = summary["members"][0]["test"]
+    truth = evaluate_exported(summary["model"], test_file)
+    assert test["forces_mae"] == pytest.approx(truth["forces_mae"], rel=1e-9)
+    assert test["energy_mae"] == pytest.approx(truth["energy_mae"], rel=1e-9)
+    assert test["forces_vs_teachers"]["mae"] != pytest.approx(test["forces_mae"], rel=1e-3)
+    assert summary["members"][0]["train"]["forces_mae"] is None  # the training file has no forces
+    assert summary["members"][0]["train"]["forces_vs_teachers"]["mae"] > 0
+    assert "forces_vs_teachers" in summary["labels"] and "data files" in summary["labels"]["errors"]
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"model": {"species": ["Al"]}}, r"the training set contains element\(s\) \['Cu'\] that model.species"),
+        ({"data": {"test": "{copper}"}}, r"test set \(.*copper.extxyz\) contains element\(s\) \['Cu'\] that no training"),
+        ({"data": {"test": "{copper}"}, "model": {"species": ["Al", "Cu"]}}, "that no training configuration has"),
+    ],
+)
+def test_elements_are_checked_before_the_first_epoch(tmp_path, sections, message):
+    copper = write_cells(tmp_path / "copper.extxyz", n=4, copper=1)
+    aluminium_only = "data" in sections
+    train_file = write_cells(tmp_path / "train.extxyz", n=12, copper=0 if aluminium_only else 1)
+    sections = {name: {key: value.format(copper=copper) if isinstance(value, str) else value
+                       for key, value in values.items()} for name, values in sections.items()}
+    config = config_from_dict(tiny_config(train_file, **sections))
+    with pytest.raises(TrainingError, match=message):
+        train(config, str(tmp_path / "run"), show_progress=False)
+    assert not (tmp_path / "run" / "member_0").exists()
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    """Plotting must not switch the caller's backend (or start pyplot)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import json, sys, matplotlib, numpy as np
+matplotlib.use("svg")
+from mlip_md.train import plots
+log = {str(tmp_path / "metrics.jsonl")!r}
+with open(log, "w") as handle:
+    for epoch in (1, 2):
+        metrics = {{"energy_rmse": 3.0 / epoch, "forces_rmse": 0.2 / epoch}}
+        handle.write(json.dumps({{"epoch": epoch, "train": metrics, "valid": dict(metrics, forces_rmse=None)}}) + "\\n")
+plots.plot_learning_curves(log, {str(tmp_path / "curves.png")!r})
+x = np.linspace(-1, 1, 9)
+plots.plot_parity(x, x + 0.01, x, x - 0.02, {str(tmp_path / "parity.png")!r})
+plots.plot_hessian_parity(x, 1.1 * x, {str(tmp_path / "hessian.png")!r})
+print(matplotlib.get_backend(), matplotlib.rcParams["backend"], "matplotlib.pyplot" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["svg", "svg", "False"]
+    for name in ("curves.png", "parity.png", "hessian.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_does_not_import_the_calculator():
+    import ast
+    from pathlib import Path
+
+    for path in (Path(mlip_md.__file__).parent / "train").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        assert not [n for n in names if n.startswith(("mlip_md.calculator", "ase.calculators"))], path.name
+
+
+def test_training_and_deployed_errors_agree(cells, tmp_path):
+    """The trainer's loop over a set and `mlip-md eval` (through the ASE calculator) give the same errors."""
+    from mlip_md.evaluate import evaluate_exported
+    from mlip_md.species import SpeciesMap
+    from mlip_md.train.metrics import evaluate
+
+    config = config_from_dict(tiny_config(cells))
+    data = load_data(config)
+    model = build_model(config, data.species, data.train.configurations, seed=3)
+    everything = GraphCache(data.train.configurations + data.valid.configurations, config.model.cutoff)
+    trained = evaluate(model, everything, SpeciesMap(data.species), batch_size=5)
+    deployed = evaluate_exported(mlip_md.export(model, tmp_path / "m.pt"), cells)
+    assert deployed["n_configs"] == len(everything) == 24
+    for key, value in trained.items():
+        assert value == pytest.approx(deployed[key], rel=1e-9), key
+
+
+def test_train_epoch_alone_is_reproducible_and_rolls_back(cells):
+    from mlip_md.species import SpeciesMap
+    from mlip_md.train.trainer import train_epoch
+
+    config = config_from_dict(tiny_config(cells, training={"batch_size": 6}))
+    data = load_data(config)
+    species_map = SpeciesMap(data.species)
+    weights = []
+    for poisoned in (False, False, True):
+        model = build_model(config, data.species, data.train.configurations, seed=0)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.005)
+        cache = data.train
+        if poisoned:
+            configurations = list(cache.configurations)
+            configurations[0] = dataclasses.replace(configurations[0], energy=float("nan"))
+            cache = GraphCache(configurations, cache.cutoff)
+        rollbacks = train_epoch(config, model, optimizer, cache, species_map, member=0, epoch=0)
+        assert rollbacks == int(poisoned)
+        assert optimizer.param_groups[0]["lr"] == 0.005 * (0.5 if poisoned else 1.0)
+        weights.append(torch.cat([p.detach().ravel() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1]) and torch.isfinite(weights[2]).all()
+    assert not torch.equal(weights[0], weights[2])

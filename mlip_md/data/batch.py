@@ -5,7 +5,7 @@ configurations as one disjoint graph (the model's input convention, see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -107,3 +107,21 @@ def collate(
         hvp_probes=probes,
         hvp_products=products,
     )
+
+
+def batches(
+    cache: GraphCache,
+    species_map: SpeciesMap,
+    batch_size: int,
+    dtype: torch.dtype = torch.float64,
+    order: Optional[Sequence[int]] = None,
+) -> Iterator[Tuple[int, np.ndarray, Batch]]:
+    """``(start, indices, batch)`` for consecutive minibatches of ``cache`` in ``order`` (default: file order).
+
+    ``start`` is the position of the batch's first configuration in ``order``;
+    ``indices`` are the configurations' indices in ``cache``.
+    """
+    order = np.arange(len(cache)) if order is None else np.asarray(order)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        yield start, indices, collate(cache, indices, species_map, dtype)

@@ -5,6 +5,7 @@ Units are ASE's: energies in eV, forces in eV/Å, positions and cells in Å.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -14,12 +15,17 @@ import ase.io
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
+from ase.io.formats import UnknownFileTypeError
 
 from mlip_md.species import SpeciesMap
 
 
 class LabelError(ValueError):
     """A configuration lacks a label it needs, or carries a malformed one."""
+
+
+class DataFileError(LabelError):
+    """A data file that cannot be read as labelled configurations; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,31 @@ def configuration_from_atoms(
     )
 
 
+def _read_rows(path: str, index: str) -> List[Tuple[Atoms, dict]]:
+    """``(atoms, extra labels)`` of every configuration, or :class:`DataFileError` naming ``path``.
+
+    ASE raises whatever its parser trips on (UnicodeDecodeError, XYZError,
+    sqlite3.DatabaseError, ...), so every exception of the read is turned into
+    one error that says which file failed.
+    """
+    if os.path.isdir(path):
+        raise DataFileError(f"{path} is a directory; give a data file (extended XYZ, ASE database, ...)")
+    if os.path.getsize(path) == 0:
+        raise DataFileError(f"{path} is empty; it holds no configurations")
+    try:
+        if path.endswith(".db"):  # ASE database: keep each row's `data` (Hessians, HVP pairs)
+            with ase.db.connect(path) as database:
+                return [(row.toatoms(), dict(row.data)) for row in database.select()]
+        images = ase.io.read(path, index=index, parallel=False)
+    except UnknownFileTypeError as error:
+        raise DataFileError(
+            f"{path}: not a file format ASE reads ({error}); use an extension ASE knows, e.g. .extxyz or .db"
+        ) from error
+    except Exception as error:
+        raise DataFileError(f"{path} cannot be read as configurations: {type(error).__name__}: {error}") from error
+    return [(atoms, {}) for atoms in (images if isinstance(images, list) else [images])]
+
+
 def read_configurations(
     path: str | os.PathLike,
     energy_key: str = "energy",
@@ -156,18 +187,14 @@ def read_configurations(
     ``data``, and stored probe pairs ``hvp_probes``/``hvp_products``
     (``[P, 3N]``) in a row's ``data``. Declared units (``info`` keys
     ``energy_unit``, ``length_unit``, ``forces_unit``) must be eV and Å and
-    the same in every configuration. Raises FileNotFoundError, or
-    :class:`LabelError` naming the configuration and the missing label.
+    the same in every configuration. Raises FileNotFoundError,
+    :class:`DataFileError` (a directory, an empty file, a file ASE cannot
+    parse) or :class:`LabelError` naming the configuration and the missing label.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
-    if path.endswith(".db"):  # ASE database: keep each row's `data` (Hessians, HVP pairs)
-        with ase.db.connect(path) as database:
-            rows = [(row.toatoms(), dict(row.data)) for row in database.select()]
-    else:
-        images = ase.io.read(path, index=index, parallel=False)
-        rows = [(atoms, {}) for atoms in (images if isinstance(images, list) else [images])]
+    rows = _read_rows(path, index)
     if not rows:
         raise LabelError(f"{path}: contains no configurations")
     for key in UNIT_KEYS:
@@ -178,6 +205,23 @@ def read_configurations(
         configuration_from_atoms(atoms, f"{path}[{k}]", energy_key, forces_key, require_forces, extra)
         for k, (atoms, extra) in enumerate(rows)
     ]
+
+
+def content_hash(configurations: Sequence[Configuration]) -> str:
+    """SHA-256 (hex) of the structures and labels of ``configurations``, in order.
+
+    Covers numbers, positions, cell, pbc, energy, forces and Hessian labels
+    (not ``source``): equal hashes mean equal training data, wherever the file lies.
+    """
+    digest = hashlib.sha256()
+    for c in configurations:
+        for name in ("numbers", "positions", "cell", "pbc", "energy", "forces", "hessian", "hvp_probes", "hvp_products"):
+            value = getattr(c, name)
+            digest.update(name.encode())
+            if value is not None:
+                array = np.ascontiguousarray(value, dtype=np.int64 if name == "numbers" else np.float64)
+                digest.update(repr(array.shape).encode() + array.tobytes())
+    return digest.hexdigest()
 
 
 def split_indices(

@@ -1,5 +1,6 @@
 """Training HIP-NN on energies, forces and Hessians."""
 
+from mlip_md.train.errors import ResumeError, TrainingError
 from mlip_md.train.losses import (
     Predictions,
     energy_force_errors,
@@ -12,6 +13,8 @@ from mlip_md.train.losses import (
 
 __all__ = [
     "Predictions",
+    "ResumeError",
+    "TrainingError",
     "energy_force_errors",
     "full_hessian_error",
     "hessian_vector_error",

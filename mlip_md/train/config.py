@@ -10,15 +10,15 @@ Sections and defaults (units: eV, Å)::
       energy_key: energy        # label names in atoms.info / atoms.arrays (else calculator results)
       forces_key: forces
     model:                      # HIPNN hyper-parameters (see mlip_md.HIPNN)
-      species: null             # element symbols; null: the elements found in the data
-      n_interactions: 2
+      species: null             # element symbols; null: the elements of the training data
+      n_interactions: 2         # network: interaction layers, features, sensitivities, dense layers
       n_features: 20
-      n_sensitivities: 20
+      n_sensitivities: 20       # at least 2
       n_atom_layers: 3
-      cutoff: 6.0
+      activation: softplus      # softplus, silu, celu or tanh
+      cutoff: 6.0               # radial basis, Å: 0 < dist_soft_min < dist_soft_max <= cutoff
       dist_soft_min: 0.85
       dist_soft_max: null       # null: 0.8 * cutoff
-      activation: softplus
     training:
       max_epochs: 100
       batch_size: 16            # configurations per minibatch
@@ -26,9 +26,10 @@ Sections and defaults (units: eV, Å)::
       seed: 0
       dtype: float64            # training precision: float64 or float32
       lr_factor: 0.5            # learning-rate decay factor on a validation plateau
-      lr_patience: 10           # epochs without improvement before decaying
-      min_learning_rate: 1.0e-6
-      early_stopping_patience: 30
+      lr_patience: 10           # epochs without improvement before decaying (>= 0)
+      min_learning_rate: 1.0e-6 # floor of the decay; a run whose non-finite steps push the
+                                # learning rate below it fails (>= 0, <= learning_rate)
+      early_stopping_patience: 30  # epochs without improvement before stopping (>= 0)
       export_dtype: float64     # precision of the exported model.pt
       hessian_mode: probes      # probes: projected Hessian-vector products; full: whole Hessians
       n_probes: 1               # probe vectors per configuration and minibatch (probes mode)
@@ -45,11 +46,22 @@ Sections and defaults (units: eV, Å)::
       size: 1                   # members trained with different seeds, exported as one file
       distill: false            # true: the members are teachers; a student learns the true
                                 # energies plus the teachers' mean forces (for energy-only data)
+
+Numbers must be finite (``.inf`` and ``.nan`` are refused). A float key also
+takes a numeric string: YAML 1.1, which PyYAML reads, leaves ``1e-3`` and
+``1.0e6`` (no dot, or no sign in the exponent) as strings, so they are
+converted with ``float``; integer keys take integers only.
+
+A run directory resumes only under the configuration it was started with;
+``training.max_epochs`` (to extend a run), ``training.early_stopping_patience``
+and ``training.export_dtype`` may change between runs (see
+:mod:`mlip_md.train.checkpoint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -78,10 +90,10 @@ class ModelConfig:
     n_features: int = 20
     n_sensitivities: int = 20
     n_atom_layers: int = 3
+    activation: str = "softplus"
     cutoff: float = 6.0
     dist_soft_min: float = 0.85
     dist_soft_max: Optional[float] = None
-    activation: str = "softplus"
 
 
 @dataclass
@@ -130,8 +142,23 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def _float(name: str, value: Any) -> float:
+    """A finite float from a YAML number or a numeric string (see the module docstring)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be float, got {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be float, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return float(number)
+
+
 def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
-    """Checks ``value`` against the field's type annotation (as a string) and converts ints to floats."""
+    """Checks ``value`` against the field's type annotation (as a string); floats via :func:`_float`."""
     name = f"{section}.{key}"
     optional = annotation.startswith("Optional[")
     base = annotation[len("Optional[") : -1] if optional else annotation
@@ -139,8 +166,8 @@ def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{name} must not be null")
-    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if base == "float":
+        return _float(name, value)
     if base == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base == "str" and isinstance(value, str):
@@ -173,25 +200,42 @@ SECTIONS = {
 }
 
 
-def _validate(config: Config) -> None:
-    if not config.data.train:
-        raise ConfigError("data.train is required (path of the training data)")
-    checks = [
-        (0 <= config.data.valid_fraction < 1, "data.valid_fraction must be in [0, 1)"),
-        (0 <= config.data.test_fraction < 1, "data.test_fraction must be in [0, 1)"),
-        (config.training.max_epochs >= 1, "training.max_epochs must be at least 1"),
-        (config.training.batch_size >= 1, "training.batch_size must be at least 1"),
-        (config.training.learning_rate > 0, "training.learning_rate must be positive"),
-        (config.training.dtype in ("float32", "float64"), "training.dtype must be float32 or float64"),
-        (config.training.export_dtype in ("float32", "float64"), "training.export_dtype must be float32 or float64"),
-        (0 < config.training.lr_factor < 1, "training.lr_factor must be in (0, 1)"),
-        (config.training.hessian_mode in ("probes", "full"), "training.hessian_mode must be probes or full"),
-        (config.training.n_probes >= 1, "training.n_probes must be at least 1"),
-        (config.training.probe_kind in ("rademacher", "gaussian", "onehot"),
+def _checks(config: Config) -> List[tuple]:
+    """``(condition, message)`` for every constraint between or on values (types are checked on reading)."""
+    data, model, training = config.data, config.model, config.training
+    soft_max = model.dist_soft_max if model.dist_soft_max is not None else 0.8 * model.cutoff
+    return [
+        (0 <= data.valid_fraction < 1, "data.valid_fraction must be in [0, 1)"),
+        (0 <= data.test_fraction < 1, "data.test_fraction must be in [0, 1)"),
+        (model.n_interactions >= 1, "model.n_interactions must be at least 1"),
+        (model.n_features >= 1, "model.n_features must be at least 1"),
+        (model.n_sensitivities >= 2, "model.n_sensitivities must be at least 2"),
+        (model.n_atom_layers >= 0, "model.n_atom_layers must be >= 0"),
+        (0 < model.dist_soft_min < soft_max <= model.cutoff,
+         f"need 0 < model.dist_soft_min < model.dist_soft_max <= model.cutoff, got "
+         f"{model.dist_soft_min}, {soft_max}, {model.cutoff}"),
+        (training.max_epochs >= 1, "training.max_epochs must be at least 1"),
+        (training.batch_size >= 1, "training.batch_size must be at least 1"),
+        (training.learning_rate > 0, "training.learning_rate must be positive"),
+        (training.dtype in ("float32", "float64"), "training.dtype must be float32 or float64"),
+        (training.export_dtype in ("float32", "float64"), "training.export_dtype must be float32 or float64"),
+        (0 < training.lr_factor < 1, "training.lr_factor must be in (0, 1)"),
+        (training.lr_patience >= 0, "training.lr_patience must be >= 0"),
+        (0 <= training.min_learning_rate <= training.learning_rate,
+         "training.min_learning_rate must be in [0, training.learning_rate]"),
+        (training.early_stopping_patience >= 0, "training.early_stopping_patience must be >= 0"),
+        (training.hessian_mode in ("probes", "full"), "training.hessian_mode must be probes or full"),
+        (training.n_probes >= 1, "training.n_probes must be at least 1"),
+        (training.probe_kind in ("rademacher", "gaussian", "onehot"),
          "training.probe_kind must be rademacher, gaussian or onehot"),
         (config.ensemble.size >= 1, "ensemble.size must be at least 1"),
     ]
-    for ok, message in checks:
+
+
+def _validate(config: Config) -> None:
+    if not config.data.train:
+        raise ConfigError("data.train is required (path of the training data)")
+    for ok, message in _checks(config):
         if not ok:
             raise ConfigError(message)
     for key, weight in dataclasses.asdict(config.loss).items():

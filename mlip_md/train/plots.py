@@ -1,32 +1,55 @@
-"""PNG plots of a training run: learning curves and parity plots."""
+"""PNG plots of a training run: learning curves and parity plots.
+
+The figures are :class:`matplotlib.figure.Figure` objects saved directly, never
+pyplot's, so that plotting leaves the caller's backend and open figures alone.
+The functions receive values, not models: predictions come from
+:func:`mlip_md.train.metrics.predict_set`.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _values(records: Sequence[dict], split: str, key: str) -> np.ndarray:
+    """One metric per epoch, NaN where the log holds null (a quantity the set cannot give)."""
+    return np.array([np.nan if r[split].get(key) is None else r[split][key] for r in records], dtype=float)
 
 
 def plot_learning_curves(metrics_path: str, out_path: str) -> str:
     """Train and validation energy (meV/atom) and force (eV/Å) RMSE per epoch, from ``metrics.jsonl``."""
-    records = [json.loads(line) for line in open(metrics_path)]
+    with open(metrics_path) as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
     epochs = [r["epoch"] for r in records]
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
-    for axis, key, unit in zip(axes, ("energy_rmse", "forces_rmse"), ("meV/atom", "eV/Å")):
+    figure = Figure(figsize=(9, 3.5), layout="constrained")
+    for axis, key, unit in zip(figure.subplots(1, 2), ("energy_rmse", "forces_rmse"), ("meV/atom", "eV/Å")):
         for split in ("train", "valid"):
-            axis.plot(epochs, [r[split][key] for r in records], label=split)
+            values = _values(records, split, key)
+            if np.isfinite(values).any():
+                axis.plot(epochs, values, label=split)
         axis.set_yscale("log")
         axis.set_xlabel("epoch")
         axis.set_ylabel(f"{key.replace('_', ' ')} ({unit})")
-        axis.legend()
+        if axis.lines:
+            axis.legend()
     figure.savefig(out_path, dpi=120)
-    plt.close(figure)
     return out_path
+
+
+def _parity(axis, reference: np.ndarray, predicted: np.ndarray, label: str, unit: str, title: str,
+            size: float = 4, alpha: float = 0.6) -> None:
+    """Model against reference on ``axis``, with the diagonal and the RMSE in the title."""
+    low, high = min(reference.min(), predicted.min()), max(reference.max(), predicted.max())
+    axis.plot([low, high], [low, high], color="grey", linewidth=0.8)
+    axis.scatter(reference, predicted, s=size, alpha=alpha)
+    rmse = float(np.sqrt(np.mean((predicted - reference) ** 2)))
+    axis.set_title(f"{title}: RMSE {rmse:.3g} {unit}")
+    axis.set_xlabel(f"reference {label} ({unit})")
+    axis.set_ylabel(f"model {label} ({unit})")
 
 
 def plot_parity(
@@ -37,77 +60,24 @@ def plot_parity(
     out_path: str,
     title: str = "test set",
 ) -> str:
-    """Parity plots: per-atom energies (eV/atom) and force components (eV/Å)."""
-    figure, axes = plt.subplots(1, 2, figsize=(9, 4.2), constrained_layout=True)
+    """Parity plots: per-atom energies (eV/atom) and force components (eV/Å; hidden when empty)."""
+    figure = Figure(figsize=(9, 4.2), layout="constrained")
     pairs = [
-        (np.asarray(reference_energies), np.asarray(predicted_energies), "energy", "eV/atom"),
+        (np.asarray(reference_energies, dtype=float), np.asarray(predicted_energies, dtype=float), "energy", "eV/atom"),
         (np.ravel(reference_forces), np.ravel(predicted_forces), "force component", "eV/Å"),
     ]
-    for axis, (reference, predicted, label, unit) in zip(axes, pairs):
+    for axis, (reference, predicted, label, unit) in zip(figure.subplots(1, 2), pairs):
         if reference.size == 0:
             axis.set_visible(False)
-            continue
-        low, high = min(reference.min(), predicted.min()), max(reference.max(), predicted.max())
-        axis.plot([low, high], [low, high], color="grey", linewidth=0.8)
-        axis.scatter(reference, predicted, s=4, alpha=0.6)
-        rmse = float(np.sqrt(np.mean((predicted - reference) ** 2)))
-        axis.set_title(f"{title}: RMSE {rmse:.3g} {unit}")
-        axis.set_xlabel(f"reference {label} ({unit})")
-        axis.set_ylabel(f"model {label} ({unit})")
+        else:
+            _parity(axis, reference, predicted, label, unit, title)
     figure.savefig(out_path, dpi=120)
-    plt.close(figure)
     return out_path
 
 
 def plot_hessian_parity(reference: np.ndarray, predicted: np.ndarray, out_path: str, title: str = "test set") -> str:
     """Parity plot of Hessian elements (eV/Å²)."""
-    figure, axis = plt.subplots(figsize=(4.6, 4.2), constrained_layout=True)
-    low, high = min(reference.min(), predicted.min()), max(reference.max(), predicted.max())
-    axis.plot([low, high], [low, high], color="grey", linewidth=0.8)
-    axis.scatter(reference, predicted, s=2, alpha=0.4)
-    rmse = float(np.sqrt(np.mean((predicted - reference) ** 2)))
-    axis.set_title(f"{title}: RMSE {rmse:.3g} eV/Å²")
-    axis.set_xlabel("reference Hessian element (eV/Å²)")
-    axis.set_ylabel("model Hessian element (eV/Å²)")
+    figure = Figure(figsize=(4.6, 4.2), layout="constrained")
+    _parity(figure.subplots(), np.ravel(reference), np.ravel(predicted), "Hessian element", "eV/Å²", title, 2, 0.4)
     figure.savefig(out_path, dpi=120)
-    plt.close(figure)
     return out_path
-
-
-def hessian_parity_data(model, cache, species_map, batch_size: int):
-    """Reference and model Hessian elements over a set with Hessian labels (flat arrays)."""
-    from mlip_md.data import collate
-    from mlip_md.train.losses import batch_hessians, predict
-
-    dtype = next(model.parameters()).dtype
-    reference, predicted = [], []
-    for start in range(0, len(cache), batch_size):
-        batch = collate(cache, range(start, min(start + batch_size, len(cache))), species_map, dtype)
-        if batch.hessians is None:
-            continue
-        model_hessians = batch_hessians(predict(model, batch, create_graph=True), batch)
-        reference += [h.numpy().ravel() for h in batch.hessians]
-        predicted += [h.detach().numpy().ravel() for h in model_hessians]
-    if not reference:
-        return np.empty(0), np.empty(0)
-    return np.concatenate(reference), np.concatenate(predicted)
-
-
-def parity_data(model, cache, species_map, batch_size: int):
-    """Reference and predicted per-atom energies and forces over a set (for :func:`plot_parity`)."""
-    from mlip_md.data import collate
-    from mlip_md.train.losses import predict
-
-    dtype = next(model.parameters()).dtype
-    ref_e, pred_e, ref_f, pred_f = [], [], [], []
-    for start in range(0, len(cache), batch_size):
-        batch = collate(cache, range(start, min(start + batch_size, len(cache))), species_map, dtype)
-        predictions = predict(model, batch, create_graph=False)
-        n_atoms = batch.n_atoms.to(dtype)
-        ref_e += (batch.energy / n_atoms).tolist()
-        pred_e += (predictions.energy.detach() / n_atoms).tolist()
-        if batch.forces is not None:
-            ref_f.append(batch.forces.numpy())
-            pred_f.append(predictions.forces.detach().numpy())
-    forces = (np.concatenate(ref_f), np.concatenate(pred_f)) if ref_f else (np.empty(0), np.empty(0))
-    return ref_e, pred_e, forces[0], forces[1]
