@@ -1,8 +1,8 @@
 """Labelled molecule data for the Hessian-training benchmark (GFN2-xTB via tblite).
 
-Energies, forces and central-difference Hessians
-(:func:`mlip_md.data.generate.finite_difference_hessian`, tblite accuracy 0.01)
-of rattled copies of a reference geometry. Files are cached as extended XYZ
+Energies, forces and central-difference Hessians of rattled copies of a
+reference geometry, labelled by :func:`mlip_md.data.labels.label` with
+tblite at SCF accuracy 0.01. Files are cached as extended XYZ
 under ``benchmarks/results/data/`` and reused when present.
 """
 
@@ -15,7 +15,6 @@ from pathlib import Path  # noqa: E402
 
 import ase  # noqa: E402
 import numpy as np  # noqa: E402
-from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hessian_speed import aspirin, place  # noqa: E402
@@ -48,19 +47,14 @@ def rattled_labelled(base: ase.Atoms, n: int, rattle: float, seed: int) -> list:
     """``n`` copies of ``base`` rattled by σ = ``rattle`` Å, labelled with GFN2-xTB energy, forces, FD Hessian."""
     from tblite.ase import TBLite
 
-    from mlip_md.data.generate import finite_difference_hessian
+    from mlip_md.data.labels import label
 
     tight = TBLite(method="GFN2-xTB", accuracy=0.01, verbosity=0)
     frames = []
     for k in range(n):
         frame = base.copy()
         frame.rattle(rattle, seed=seed + k)
-        frame.calc = tight
-        energy, forces = frame.get_potential_energy(), frame.get_forces()
-        frame.info["hessian"] = finite_difference_hessian(frame, tight).ravel()
-        frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
-        frame.info["kind"] = f"rattled_{rattle:g}"
-        frames.append(frame)
+        frames.append(label(frame, tight, hessian=True, info={"kind": f"rattled_{rattle:g}"}))
     return frames
 
 

@@ -26,8 +26,9 @@ Calculators (same architecture, random weights):
 * ``hippynn f32 skin=0``: the same calculator with ``skin=0``, which rebuilds
   its (6 Å) neighbour list on every call, as ours does.
 
-``MLIPCalculator`` applies :func:`mlip_md.tuning.keep_freed_memory` when it
-is created; the setting is process-wide, so hippynn runs with it too. To show
+Our calculators are created with ``keep_freed_memory=True``
+(:func:`mlip_md.tuning.keep_freed_memory`, as ``mlip-md`` and the LAMMPS
+plugin do); the setting is process-wide, so hippynn runs with it too. To show
 hippynn as its users run it, ``hippynn f32/f64, own process`` are the two
 hippynn calculators in a separate Python process (this script with
 ``--hippynn-worker``) where no mlip_md calculator exists, so glibc's malloc
@@ -154,9 +155,9 @@ def hippynn_calculator(dtype: str, skin: float):
 def calculator_factories(model_paths: dict, with_hippynn: bool) -> dict:
     """{label: zero-argument function returning a fresh calculator}."""
     factories = {
-        "ours f32": lambda: mlip_md.MLIPCalculator(model_paths["float32"]),
-        "ours f64": lambda: mlip_md.MLIPCalculator(model_paths["float64"]),
-        "ours f32 skin=0": lambda: mlip_md.MLIPCalculator(model_paths["float32"], skin=0.0),
+        "ours f32": lambda: mlip_md.MLIPCalculator(model_paths["float32"], keep_freed_memory=True),
+        "ours f64": lambda: mlip_md.MLIPCalculator(model_paths["float64"], keep_freed_memory=True),
+        "ours f32 skin=0": lambda: mlip_md.MLIPCalculator(model_paths["float32"], skin=0.0, keep_freed_memory=True),
     }
     if with_hippynn:
         factories["hippynn f32"] = lambda: hippynn_calculator("float32", skin=1.0)

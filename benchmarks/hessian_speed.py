@@ -60,7 +60,7 @@ import torch  # noqa: E402
 from ase.neighborlist import natural_cutoffs, neighbor_list as ase_neighbor_list  # noqa: E402
 
 import mlip_md  # noqa: E402
-from mlip_md.data.generate import finite_difference_hessian  # noqa: E402
+from mlip_md.data.labels import finite_difference_hessian  # noqa: E402
 from _report import save_report  # noqa: E402
 
 torch.set_num_threads(1)

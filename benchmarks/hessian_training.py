@@ -20,16 +20,16 @@ of each, the ratio full/probes, and the Hessian RMSE (eV/Å², over Hessian
 elements, from full model Hessians) on a held-out test set (25 %) after the
 same number of epochs, plus the energy and force test errors.
 
-Molecules (GFN2-xTB labels from tblite, Hessians by central differences of
-forces, :func:`mlip_md.data.generate.finite_difference_hessian`, accuracy
-0.01; cached under ``benchmarks/results/data/`` by ``_molecules.py``):
+Molecules (GFN2-xTB labels from tblite at accuracy 0.01, Hessians by central
+differences of forces, both by :func:`mlip_md.data.labels.label`; cached
+under ``benchmarks/results/data/`` by ``_molecules.py``):
 
 * ``ethanol`` (9 atoms): ``generate_molecule(40, "CH3CH2OH")``, 500 K MD frames;
 * ``aspirin`` (21 atoms): the geometry of ``hessian_speed.py`` rattled
   (σ = 0.05 Å), 24 configurations;
 * ``alkane`` (59 atoms, n-C19H40): all-trans chain rattled (σ = 0.05 Å),
-  12 configurations. (C60 costs ~1 s per tblite force call here, 6 min per
-  Hessian; the alkane, with 116 orbitals instead of 240, ~0.17 s.)
+  12 configurations: about the size of C60 with half its orbitals (116
+  instead of 240), so that its tblite Hessian labels stay affordable.
 
 Model: 2 interaction layers, 20 features, 20 sensitivities, 3 atom layers,
 cutoff 5 Å, soft range 0.85–4 Å; batch size 4, learning rate 1e-3.
@@ -38,9 +38,8 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/hessian_training.py [--molecules ethanol aspirin] [--epochs 60 60]
 
-The default run takes about 6 minutes on the 2-core machine. The alkane
-(``--molecules alkane --epochs 2``) is opt-in: its labels take ~12 minutes
-of tblite the first time, and a full-Hessian epoch 13–40 s.
+The alkane (``--molecules alkane --epochs 2``) is opt-in: its first run
+labels it with tblite, and its full-Hessian epochs are long.
 
 Prints a table and writes ``benchmarks/results/hessian_training.json``
 (``hessian_training_<molecules>.json`` for a subset of the molecules).

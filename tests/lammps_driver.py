@@ -22,30 +22,24 @@ from mpi4py import MPI
 
 from ase import Atoms
 
-from mlip_md.lammps import create_atoms_from_ase, start_lammps
+from mlip_md.lammps import QUIET, setup_model, start_lammps
 
 
 def _setup(lmp, spec: dict) -> None:
-    lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array sort 0 0",
-                       f"newton {spec.get('newton', 'on')}"])
+    settings = ["atom_modify map array sort 0 0", f"newton {spec.get('newton', 'on')}"]
     if "processors" in spec:
-        lmp.command(f"processors {spec['processors']}")
+        settings.append(f"processors {spec['processors']}")
     atoms = Atoms(positions=spec["positions"], cell=spec["cell"], pbc=[b == "p" for b in spec["boundary"].split()])
-    create_atoms_from_ase(lmp, atoms, spec["elements"], types=spec["types"], ids=spec["ids"])
+    setup_model(lmp, spec["model"], atoms, spec["elements"], pair_options=spec.get("pair_options", ""),
+                overlay="zero 4.0" if spec.get("hybrid") else None, settings=settings,
+                types=spec["types"], ids=spec["ids"])
+    if spec.get("hybrid"):
+        lmp.command("pair_coeff * * zero")
     if spec["boundary"] != " ".join("p" if p else "f" for p in atoms.pbc):
         lmp.command(f"change_box all boundary {spec['boundary']}")
     if spec.get("delete_ids"):
         lmp.command(f"group gone id {' '.join(map(str, spec['delete_ids']))}")
         lmp.command("delete_atoms group gone compress no")
-    options = spec.get("pair_options", "")
-    elements = " ".join(spec["elements"])
-    if spec.get("hybrid"):
-        lmp.command(f"pair_style hybrid/overlay mlip {options} zero 4.0")
-        lmp.command(f"pair_coeff * * mlip {spec['model']} {elements}")
-        lmp.command("pair_coeff * * zero")
-    else:
-        lmp.command(f"pair_style mlip {options}")
-        lmp.command(f"pair_coeff * * {spec['model']} {elements}")
     lmp.commands_list([
         "compute pe_atom all pe/atom",
         "compute virial_atom all stress/atom NULL virial",
@@ -105,7 +99,7 @@ def _nve(lmp, nve: dict) -> tuple:
 def main(spec_path: str) -> None:
     with open(spec_path) as handle:
         spec = json.load(handle)
-    lmp = start_lammps(["-log", "none", "-screen", "none", "-nocite"])
+    lmp = start_lammps(QUIET)
     _setup(lmp, spec)
     lmp.command("run 0 post no")
     results = _results(lmp, spec)

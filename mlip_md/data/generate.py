@@ -2,37 +2,33 @@
 
 Aluminium is labelled with ASE's EMT: rattled and strained fcc cells,
 vacancies, surfaces and molecular-dynamics snapshots at several temperatures,
-30–108 atoms each. Every image carries its energy (eV) and forces (eV/Å) in a
-single-point calculator, so ``ase.io.write`` stores them in extended XYZ or an
-ASE database and :func:`mlip_md.data.read_configurations` reads them back.
+30–108 atoms each; molecules with GFN2-xTB (tblite). Every image is labelled by
+:func:`mlip_md.data.labels.label` (energy, forces, stress of periodic cells,
+optionally a Hessian), and :func:`write_images` stores the labels so that
+:func:`mlip_md.data.read_configurations` reads them back.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
+import ase.db
 import ase.io
 import numpy as np
 from ase import Atoms, units
 from ase.build import bulk, fcc100, fcc111
 from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
+from ase.db.core import check as check_database_keys
 from ase.md.langevin import Langevin
 
+from mlip_md.data.labels import finite_difference_hessian, label  # noqa: F401  (re-exported for callers importing it here)
 from mlip_md.md import thermalize_momenta
 
 ALUMINIUM_LATTICE = 4.05  # Å
-
-
-def _labelled(atoms: Atoms, kind: str) -> Atoms:
-    """A copy of ``atoms`` with EMT energy and forces attached, and its kind in ``info``."""
-    atoms = atoms.copy()
-    atoms.calc = EMT()
-    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
-    atoms.info["kind"] = kind
-    return atoms
+# File endings write_images accepts: formats that keep every label read_configurations reads.
+DATA_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj", ".db": "db"}
 
 
 def _supercell(rng: np.random.Generator) -> Atoms:
@@ -88,7 +84,7 @@ def _md_snapshots(n: int, temperature: float, rng: np.random.Generator, interval
     frames = []
     for _ in range(n):
         dynamics.run(interval)
-        frames.append(_labelled(atoms, f"md_{temperature:g}K"))
+        frames.append(label(atoms, EMT(), info={"kind": f"md_{temperature:g}K"}))
     return frames
 
 
@@ -106,7 +102,8 @@ def generate_aluminium(
     rng = np.random.default_rng(seed)
     n_static = (n_configurations + 1) // 2
     kinds = list(STATIC_KINDS)
-    images = [_labelled(STATIC_KINDS[kinds[k % len(kinds)]](rng), kinds[k % len(kinds)]) for k in range(n_static)]
+    images = [label(STATIC_KINDS[kind](rng), EMT(), info={"kind": kind})
+              for kind in (kinds[k % len(kinds)] for k in range(n_static))]
     n_md = n_configurations - n_static
     for index, temperature in enumerate(temperatures):
         count = n_md // len(temperatures) + (1 if index < n_md % len(temperatures) else 0)
@@ -115,35 +112,62 @@ def generate_aluminium(
     return images
 
 
+def check_data_path(path: str | os.PathLike) -> str:
+    """The ASE format :func:`write_images` uses for ``path``, from its ending.
+
+    ValueError for an ending it does not take (naming those it does),
+    IsADirectoryError for a directory.
+    """
+    path = os.fspath(path)
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in DATA_FORMATS:
+        raise ValueError(f"cannot tell the data format of {path!r} from its ending {extension or '(none)'!r}; "
+                         f"use one of {', '.join(DATA_FORMATS)}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; give a file name ending in one of {', '.join(DATA_FORMATS)}")
+    return DATA_FORMATS[extension]
+
+
+def _is_database_key(key: str, value) -> bool:
+    """Whether an ASE database row takes ``key: value`` as a key-value pair (a plain scalar, a valid key)."""
+    if not isinstance(value, (str, numbers.Real, np.bool_)):
+        return False
+    try:
+        check_database_keys({key: value})
+    except ValueError:  # a reserved or malformed key, or a number written as a string
+        return False
+    return True
+
+
+def _database_fields(info: dict) -> Tuple[dict, dict]:
+    """``info`` split into an ASE database row's key-value pairs and its ``data`` (the rest: arrays, ...)."""
+    pairs = {key: value for key, value in info.items() if _is_database_key(key, value)}
+    return pairs, {key: value for key, value in info.items() if key not in pairs}
+
+
 def write_images(images: Sequence[Atoms], path: str | os.PathLike) -> str:
-    """Writes labelled images to any ASE format (by extension); atomic (temporary file, then rename)."""
+    """Writes labelled images (extended XYZ, trajectory or ASE database, by ending); returns the absolute path.
+
+    Atomic: a temporary file is renamed into place. A database keeps each
+    image's ``info`` too (scalars as key-value pairs, arrays such as the
+    Hessian in the row's ``data``), which ``ase.io.write`` would drop.
+    """
     path = os.path.abspath(os.fspath(path))
+    file_format = check_data_path(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     root, extension = os.path.splitext(path)
     temporary = f"{root}.partial{extension}"
     if os.path.exists(temporary):
         os.remove(temporary)
-    ase.io.write(temporary, list(images), parallel=False)
+    if file_format == "db":
+        with ase.db.connect(temporary, serial=True) as database:
+            for atoms in images:
+                pairs, data = _database_fields(atoms.info)
+                database.write(atoms, key_value_pairs=pairs, data=data)
+    else:
+        ase.io.write(temporary, list(images), format=file_format, parallel=False)
     os.replace(temporary, path)
     return path
-
-
-def finite_difference_hessian(atoms: Atoms, calculator, step: float = 5e-3, symmetrize: bool = True) -> np.ndarray:
-    """Central differences of ``calculator``'s forces, ``(3N, 3N)`` eV/Å²; row k is −∂F/∂x_k.
-
-    ``symmetrize`` returns (H + Hᵀ)/2 (labels); ``False`` keeps the raw rows (test oracle).
-    """
-    size = 3 * len(atoms)
-    hessian = np.zeros((size, size))
-    for row in range(size):
-        forces = []
-        for sign in (1, -1):
-            displaced = atoms.copy()
-            displaced.calc = calculator
-            displaced.positions[row // 3, row % 3] += sign * step
-            forces.append(displaced.get_forces().ravel())
-        hessian[row] = -(forces[0] - forces[1]) / (2 * step)
-    return 0.5 * (hessian + hessian.T) if symmetrize else hessian
 
 
 def generate_molecule(
@@ -156,25 +180,33 @@ def generate_molecule(
 ) -> List[Atoms]:
     """MD frames of a molecule labelled with GFN2-xTB (tblite): energies, forces, Hessians.
 
-    ``name`` is any molecule of ``ase.build.molecule`` (the G2 set). Frames
-    come every ``interval`` steps (0.5 fs) of Langevin MD at ``temperature`` K,
-    driven by GFN2-xTB itself. Hessian labels (``info["hessian"]``, flat
-    (3N)², eV/Å²) are central differences of forces computed with a tight SCF
-    accuracy (0.01), as the default leaves ~0.1 eV/Å² of noise. Needs the
-    ``tblite`` package (``pip install tblite``); set OMP_NUM_THREADS=1 on
-    small machines, where tblite's threads otherwise stall.
+    ``name`` is any molecule of ``ase.build.molecule`` (the G2 set,
+    ``ase.collections.g2.names``). Frames come every ``interval`` steps
+    (0.5 fs) of Langevin MD at ``temperature`` K, driven by GFN2-xTB itself.
+    Hessian labels (``info["hessian"]``, flat (3N)², eV/Å²) are central
+    differences of forces computed with a tight SCF accuracy (0.01), as the
+    default leaves ~0.1 eV/Å² of noise. Needs the ``tblite`` package
+    (``pip install tblite``). Set ``OMP_NUM_THREADS=1`` in the environment
+    before tblite is imported on small machines, where its threads otherwise
+    stall (``mlip-md generate`` does).
     """
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        from tblite.ase import TBLite
-    except ImportError as error:
-        raise ImportError("generate_molecule needs tblite: pip install tblite") from error
     from ase.build import molecule
 
     if n_configurations < 1:
         raise ValueError(f"n_configurations must be positive, got {n_configurations}")
+    try:
+        atoms = molecule(name)
+    except KeyError:
+        raise ValueError(
+            f"unknown molecule {name!r}: ase.build.molecule knows the G2 set (print ase.collections.g2.names "
+            "for every name, e.g. CH3CH2OH, H2O, C6H6)"
+        ) from None
+    try:
+        from tblite.ase import TBLite
+    except ImportError as error:
+        raise ImportError("generate_molecule needs tblite: pip install tblite", name="tblite") from error
+
     rng = np.random.default_rng(seed)
-    atoms = molecule(name)
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
     tight = TBLite(method="GFN2-xTB", accuracy=0.01, verbosity=0)
     thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
@@ -182,12 +214,5 @@ def generate_molecule(
     frames = []
     for _ in range(n_configurations):
         dynamics.run(interval)
-        frame = atoms.copy()
-        frame.calc = tight
-        energy, forces = frame.get_potential_energy(), frame.get_forces()
-        if hessians:
-            frame.info["hessian"] = finite_difference_hessian(frame, tight).ravel()
-        frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
-        frame.info["kind"] = f"md_{temperature:g}K"
-        frames.append(frame)
+        frames.append(label(atoms, tight, hessian=hessians, info={"kind": f"md_{temperature:g}K"}))
     return frames
