@@ -26,7 +26,7 @@ Calculators (same architecture, random weights):
 * ``hippynn f32 skin=0``: the same calculator with ``skin=0``, which rebuilds
   its (6 Å) neighbour list on every call, as ours does.
 
-Our calculators are created with ``keep_freed_memory=True``
+Our calculators are created with ``keep_freed_memory=True`` (``--default-malloc``: False)
 (:func:`mlip_md.tuning.keep_freed_memory`, as ``mlip-md`` and the LAMMPS
 plugin do); the setting is process-wide, so hippynn runs with it too. To show
 hippynn as its users run it, ``hippynn f32/f64, own process`` are the two
@@ -49,7 +49,7 @@ skin amortises over the steps between rebuilds.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/ase_speed.py [--sizes 108 500 2048] [--repeats 7] [--no-hippynn]
+    .venv/bin/python benchmarks/ase_speed.py [--sizes 108 500 2048] [--repeats 7] [--no-hippynn] [--default-malloc]
 
 Prints a table and writes ``benchmarks/results/ase_speed.json``.
 """
@@ -152,12 +152,12 @@ def hippynn_calculator(dtype: str, skin: float):
     return calculator.to(getattr(torch, dtype))
 
 
-def calculator_factories(model_paths: dict, with_hippynn: bool) -> dict:
-    """{label: zero-argument function returning a fresh calculator}."""
+def calculator_factories(model_paths: dict, with_hippynn: bool, keep: bool = True) -> dict:
+    """{label: zero-argument function returning a fresh calculator}; ``keep``: our keep_freed_memory."""
     factories = {
-        "ours f32": lambda: mlip_md.MLIPCalculator(model_paths["float32"], keep_freed_memory=True),
-        "ours f64": lambda: mlip_md.MLIPCalculator(model_paths["float64"], keep_freed_memory=True),
-        "ours f32 skin=0": lambda: mlip_md.MLIPCalculator(model_paths["float32"], skin=0.0, keep_freed_memory=True),
+        "ours f32": lambda: mlip_md.MLIPCalculator(model_paths["float32"], keep_freed_memory=keep),
+        "ours f64": lambda: mlip_md.MLIPCalculator(model_paths["float64"], keep_freed_memory=keep),
+        "ours f32 skin=0": lambda: mlip_md.MLIPCalculator(model_paths["float32"], skin=0.0, keep_freed_memory=keep),
     }
     if with_hippynn:
         factories["hippynn f32"] = lambda: hippynn_calculator("float32", skin=1.0)
@@ -354,6 +354,8 @@ def parse_arguments():
     parser.add_argument("--sizes", type=int, nargs="+", default=[108, 500, 2048], help="atom counts, 4k³ each")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per calculator and size")
     parser.add_argument("--no-hippynn", action="store_true", help="measure mlip_md only")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="our calculators with keep_freed_memory=False (the library default)")
     parser.add_argument("--hippynn-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for n_atoms in args.sizes:
@@ -378,7 +380,8 @@ def main():
     print(f"fcc Al, rattle {RATTLE} Å, move {MOVE} Å per call, {WARMUP} warm-up + {args.repeats} timed calls\n")
     rng = np.random.default_rng(SEED)
     with tempfile.TemporaryDirectory() as directory:
-        factories = calculator_factories(export_ours(directory), hippynn_version is not None)
+        factories = calculator_factories(export_ours(directory), hippynn_version is not None,
+                                         keep=not args.default_malloc)
         per_size = []
         for n_atoms in sorted(args.sizes):
             worker = HippynnWorker(n_atoms) if hippynn_version is not None else None
@@ -392,7 +395,7 @@ def main():
         "ase_speed",
         "energy+forces(+stress) per ASE get_forces() call, median µs per atom-step",
         settings=dict(cutoff=CUTOFF, lattice=LATTICE, rattle=RATTLE, move=MOVE, warmup=WARMUP,
-                      repeats=args.repeats, seed=SEED, ours=OUR_ARCHITECTURE, hippynn=HIPPYNN_ARCHITECTURE),
+                      repeats=args.repeats, seed=SEED, keep_freed_memory=not args.default_malloc, ours=OUR_ARCHITECTURE, hippynn=HIPPYNN_ARCHITECTURE),
         environment=info,
         sizes=per_size,
         summary=summary,

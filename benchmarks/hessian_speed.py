@@ -35,7 +35,7 @@ agreement is only meaningful for h well below it.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/hessian_speed.py [--repeats 7] [--step 1e-4]
+    .venv/bin/python benchmarks/hessian_speed.py [--repeats 7] [--step 1e-4] [--keep-freed-memory]
 
 Prints a table and writes ``benchmarks/results/hessian_speed.json``.
 """
@@ -224,6 +224,8 @@ def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions of each Hessian")
     parser.add_argument("--step", type=float, default=1e-4, help="finite-difference step h in Å")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="create the calculator with keep_freed_memory=True (glibc malloc keeps freed memory)")
     return parser.parse_args()
 
 
@@ -233,16 +235,17 @@ def main():
     torch.manual_seed(SEED)
     model = mlip_md.HIPNN(species=SPECIES, **ARCHITECTURE)
     with tempfile.TemporaryDirectory() as directory:
-        calculator = mlip_md.MLIPCalculator(mlip_md.export(model, Path(directory) / "chon.pt", dtype="float64"))
+        calculator = mlip_md.MLIPCalculator(mlip_md.export(model, Path(directory) / "chon.pt", dtype="float64"),
+                                            keep_freed_memory=args.keep_freed_memory)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float64 model, cutoff 5 Å, "
-              f"{args.repeats} repeats\n")
+              f"{args.repeats} repeats, keep_freed_memory={args.keep_freed_memory}\n")
         results = [measure(name, atoms, calculator, args.repeats, args.step) for name, atoms in systems.items()]
     print_table(results, args.step)
     save_report(
         "hessian_speed",
         "analytic Hessian (MLIPCalculator.get_hessian) vs central finite differences of forces",
         settings=dict(architecture=ARCHITECTURE, species=SPECIES, dtype="float64", step=args.step,
-                      repeats=args.repeats, seed=SEED),
+                      repeats=args.repeats, seed=SEED, keep_freed_memory=args.keep_freed_memory),
         environment=dict(python=platform.python_version(), torch=torch.__version__, ase=ase.__version__,
                          mlip_md=mlip_md.__version__, torch_threads=torch.get_num_threads(),
                          load_average=os.getloadavg()),
