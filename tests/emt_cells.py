@@ -8,6 +8,8 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
+from mlip_md.data.labels import label
+
 # A tiny HIP-NN: fast enough for a few epochs on a few dozen cells within a test.
 TINY_MODEL = dict(n_interactions=1, n_features=8, n_sensitivities=6, n_atom_layers=1, cutoff=4.0,
                   dist_soft_min=1.5, dist_soft_max=3.8)
@@ -23,12 +25,10 @@ def emt_cells(n: int = 24, seed: int = 0, copper: int = 0, forces: bool = True) 
         atoms.symbols[:copper] = "Cu"
         atoms.set_cell(atoms.cell[:] @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True)
         atoms.rattle(0.12, seed=int(rng.integers(1 << 30)))
-        atoms.calc = EMT()
-        labels = {"energy": atoms.get_potential_energy()}
-        if forces:
-            labels["forces"] = atoms.get_forces()
-        atoms.calc = SinglePointCalculator(atoms, **labels)
-        images.append(atoms)
+        labelled = label(atoms, EMT(), stress=False)
+        if not forces:
+            labelled.calc = SinglePointCalculator(labelled, energy=labelled.get_potential_energy())
+        images.append(labelled)
     return images
 
 

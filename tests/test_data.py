@@ -20,6 +20,7 @@ from mlip_md.data import (
     read_configurations,
     split_indices,
 )
+from mlip_md.data.labels import label
 from mlip_md.species import SpeciesMap
 
 
@@ -32,10 +33,7 @@ def _emt_images(n=6, seed=0):
         atoms.symbols[: k % 3] = "Cu"
         atoms.set_cell(atoms.cell[:] * (1 + rng.normal(0, 0.01, (3, 3))), scale_atoms=True)
         atoms.rattle(0.1, seed=k)
-        atoms.calc = EMT()
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
-        images.append(atoms)
+        images.append(label(atoms, EMT(), stress=False))
     return images
 
 

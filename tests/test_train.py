@@ -145,21 +145,15 @@ def _emt_clusters_with_hessians(n=8, h=1e-4):
     """Small Al clusters with EMT energies, forces and finite-difference Hessians."""
     from ase.build import bulk
     from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
 
-    from mlip_md.data.generate import finite_difference_hessian
+    from mlip_md.data.labels import label
 
     images = []
     for k in range(n):
         atoms = (bulk("Al", "fcc", a=4.05, cubic=True) * (2, 1, 1))[: 4 + k % 3]
         atoms.pbc = False
         atoms.rattle(0.15, seed=k)
-        atoms.calc = EMT()
-        hessian = finite_difference_hessian(atoms, EMT(), step=h)
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
-        atoms.info["hessian"] = hessian.ravel()
-        images.append(atoms)
+        images.append(label(atoms, EMT(), hessian=True, hessian_step=h))
     return images
 
 

@@ -23,7 +23,7 @@ from ase.calculators.emt import EMT
 from ase.db.core import check as check_database_keys
 from ase.md.langevin import Langevin
 
-from mlip_md.data.labels import finite_difference_hessian, label  # noqa: F401  (re-exported for callers importing it here)
+from mlip_md.data.labels import label
 from mlip_md.md import thermalize_momenta
 
 ALUMINIUM_LATTICE = 4.05  # Å
