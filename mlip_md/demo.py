@@ -10,7 +10,6 @@ overwritten.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from ase import Atoms
 from ase.build import bulk
 
+from mlip_md.atomic import write_atomically
 from mlip_md.calculator import MLIPCalculator
 from mlip_md.md import EnergyRecord, run_nve
 
@@ -73,11 +73,11 @@ def check_record(out: str, options: DemoOptions) -> bool:
 
 
 def _write_record(out: str, options: DemoOptions) -> None:
-    os.makedirs(out, exist_ok=True)
-    partial = os.path.join(out, RECORD_FILE + ".partial")
-    with open(partial, "w") as handle:
-        json.dump({"options": options.recorded()}, handle, indent=2)
-    os.replace(partial, os.path.join(out, RECORD_FILE))
+    def write(partial: str) -> None:
+        with open(partial, "w") as handle:
+            json.dump({"options": options.recorded()}, handle, indent=2)
+
+    write_atomically(os.path.join(out, RECORD_FILE), write)
 
 
 def make_data(out: str, options: DemoOptions, reuse: bool) -> str:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import copy
-import errno
 import os
-import re
-import secrets
-import socket
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from mlip_md.atomic import write_atomically
 from mlip_md.contract import DTYPES, METADATA_FILE, REQUIRED_METHODS, encode_metadata, make_metadata, quiet_torchscript
 from mlip_md.model.graph import edge_gradients, edge_lengths, pad_neighbors, padded_unit_vectors
 from mlip_md.model.hipnn import HIPNN
@@ -151,57 +148,6 @@ def export(
     exported = [name for name in REQUIRED_METHODS if name != "forward"]
     with quiet_torchscript():
         scripted = torch.jit.freeze(torch.jit.script(DeployedEnsemble(members).eval()), preserved_attrs=exported)
-    path = os.path.abspath(os.fspath(path))
-    _save_atomically(scripted, path, {METADATA_FILE: encoded})
-    return path
-
-
-# A partial file's name: .<destination>.<host>.<pid>.<random>.partial, beside the destination.
-_PARTIAL = re.compile(r"^\..+\.(?P<host>[^.]+)\.(?P<pid>\d+)\.[0-9a-f]+\.partial$")
-
-
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
-
-
-def _save_atomically(scripted: torch.jit.ScriptModule, path: str, extra_files: Dict[str, str]) -> None:
-    """torch.jit.save into a partial file beside ``path``, then renamed over it.
-
-    The partial is removed if saving fails (KeyboardInterrupt included); those
-    of exports on this host whose process has died (SIGKILL, power loss) are
-    removed by the next export into the same directory.
-    """
-    directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    _remove_stale_partials(directory)
-    partial = os.path.join(directory, f".{name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.partial")
-    try:
-        # os.open applies the umask, as for any new file (mkstemp would make it 0600).
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        with quiet_torchscript():
-            torch.jit.save(scripted, partial, _extra_files=extra_files)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
-def _remove_stale_partials(directory: str) -> None:
-    """Removes partial files left in ``directory`` by dead export processes of this host."""
-    host = _host()
-    for entry in os.listdir(directory):
-        match = _PARTIAL.match(entry)
-        if match is None or match["host"] != host or _process_alive(int(match["pid"])):
-            continue
-        try:
-            os.remove(os.path.join(directory, entry))
-        except FileNotFoundError:  # another export removed it first
-            pass
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as error:
-        return error.errno == errno.EPERM  # exists, owned by another user
-    return True
+    with quiet_torchscript():
+        return write_atomically(path, lambda partial: torch.jit.save(
+            scripted, partial, _extra_files={METADATA_FILE: encoded}))

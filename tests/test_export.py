@@ -15,7 +15,7 @@ import mlip_md
 from conftest import make_model
 from mlip_md.contract import (FORMAT_VERSION, METADATA_FILE, NOT_A_JSON_OBJECT, REQUIRED_METHODS, ModelFileError,
                               load_exported)
-from mlip_md.export import _host
+from mlip_md.atomic import host_name as _host
 from model_files import read_metadata, with_metadata, with_metadata_text, without_method
 
 

@@ -23,6 +23,7 @@ from ase.calculators.emt import EMT
 from ase.db.core import check as check_database_keys
 from ase.md.langevin import Langevin
 
+from mlip_md.atomic import write_atomically
 from mlip_md.data.labels import label
 from mlip_md.md import thermalize_momenta
 
@@ -148,26 +149,22 @@ def _database_fields(info: dict) -> Tuple[dict, dict]:
 def write_images(images: Sequence[Atoms], path: str | os.PathLike) -> str:
     """Writes labelled images (extended XYZ, trajectory or ASE database, by ending); returns the absolute path.
 
-    Atomic: a temporary file is renamed into place. A database keeps each
+    Atomic (:func:`mlip_md.atomic.write_atomically`). A database keeps each
     image's ``info`` too (scalars as key-value pairs, arrays such as the
     Hessian in the row's ``data``), which ``ase.io.write`` would drop.
     """
-    path = os.path.abspath(os.fspath(path))
     file_format = check_data_path(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    root, extension = os.path.splitext(path)
-    temporary = f"{root}.partial{extension}"
-    if os.path.exists(temporary):
-        os.remove(temporary)
-    if file_format == "db":
-        with ase.db.connect(temporary, serial=True) as database:
+
+    def write(partial: str) -> None:
+        if file_format != "db":
+            ase.io.write(partial, list(images), format=file_format, parallel=False)
+            return
+        with ase.db.connect(partial, type="db", serial=True) as database:
             for atoms in images:
                 pairs, data = _database_fields(atoms.info)
                 database.write(atoms, key_value_pairs=pairs, data=data)
-    else:
-        ase.io.write(temporary, list(images), format=file_format, parallel=False)
-    os.replace(temporary, path)
-    return path
+
+    return write_atomically(path, write)
 
 
 def generate_molecule(

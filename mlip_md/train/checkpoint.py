@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from mlip_md.atomic import write_atomically
 from mlip_md.train.config import Config
 from mlip_md.train.errors import ResumeError
 
@@ -27,9 +28,7 @@ DATA_PATHS = ("data.train", "data.test")
 
 def save(state: dict, path: str) -> None:
     """Writes a checkpoint atomically, so an interrupted run never corrupts the last good one."""
-    temporary = path + ".partial"
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    write_atomically(path, lambda partial: torch.save(state, partial))
 
 
 def load(path: str) -> dict:
