@@ -81,6 +81,34 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _campaign(args: argparse.Namespace) -> int:
+    """Runs or resumes an active-learning campaign; prints its final status as JSON.
+
+    Exit code 3: the campaign stopped before its end (failure budget, another
+    driver in the directory, other settings there); the message says why.
+    """
+    from mlip_md.active import CampaignError, load_campaign_config, run_campaign
+
+    # The entry point owns its process: tblite's OpenMP threads stall on small machines.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    config = load_campaign_config(args.config)
+    try:
+        status = run_campaign(config, _writable_directory(args.out))
+    except CampaignError as error:
+        print(f"mlip-md campaign: {error}", file=sys.stderr)
+        return 3
+    print(json.dumps(status, indent=2))
+    return 0
+
+
+def _campaign_status(args: argparse.Namespace) -> int:
+    """Prints the summary of the campaign in a directory as JSON."""
+    from mlip_md.active import campaign_status
+
+    print(json.dumps(campaign_status(args.out), indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     """Prints the metadata of an exported model as JSON."""
     print(json.dumps(load_exported(args.model).metadata, indent=2))
@@ -149,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="exported model file")
     evaluate.add_argument("data", help="ASE-readable file with energies (and forces)")
     evaluate.set_defaults(handler=_eval)
+
+    campaign = commands.add_parser(
+        "campaign", help="active learning: train an ensemble, sample where it disagrees, label, retrain")
+    campaign.add_argument("config", help="campaign YAML (see mlip_md/active/config.py for every key)")
+    campaign.add_argument("--out", required=True,
+                          help="campaign directory: labels.db, model.pt, report.json; resumed if it holds one")
+    campaign.set_defaults(handler=_campaign)
+    status = commands.add_parser("campaign-status", help="print a campaign's state as JSON")
+    status.add_argument("out", help="campaign directory")
+    status.set_defaults(handler=_campaign_status)
 
     info = commands.add_parser("info", help="print the metadata of an exported model")
     info.add_argument("model", help="exported model file")

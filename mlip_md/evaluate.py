@@ -8,10 +8,10 @@ as users' simulations do, and shares the error definitions of training
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from mlip_md.calculator import MLIPCalculator
-from mlip_md.data import read_configurations
+from mlip_md.data import Configuration, read_configurations
 from mlip_md.train.metrics import collect, error_metrics, json_values
 
 
@@ -23,7 +23,12 @@ def evaluate_exported(model_path: str | os.PathLike, data_path: str | os.PathLik
     ``hessian_mae`` and ``hessian_rmse`` (eV/Å², over all Hessian elements).
     Every value is a finite number or None, so the result is strict JSON.
     """
-    configurations = read_configurations(data_path, require_forces=False)
+    return evaluate_configurations(model_path, read_configurations(data_path, require_forces=False))
+
+
+def evaluate_configurations(model_path: str | os.PathLike,
+                            configurations: Sequence[Configuration]) -> Dict[str, Optional[float]]:
+    """:func:`evaluate_exported` on configurations already read (e.g. from a campaign's label store)."""
     calc = MLIPCalculator(model_path)
     energies, forces, hessians = [], [], []
     for configuration in configurations:

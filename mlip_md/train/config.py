@@ -64,7 +64,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -157,6 +157,27 @@ def _float(name: str, value: Any) -> float:
     return float(number)
 
 
+# Annotations of range keys: a number (a fixed value) or [low, high] with low <= high, read as a tuple.
+Range = Tuple[float, float]
+IntRange = Tuple[int, int]
+
+
+def _range(name: str, value: Any, integer: bool) -> tuple:
+    """``(low, high)`` from a number or a two-element list; ConfigError naming ``name`` otherwise."""
+    values = value if isinstance(value, (list, tuple)) else [value, value]
+    if len(values) != 2:
+        raise ConfigError(f"{name} must be a number or [low, high], got {value!r}")
+    if integer:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"{name} must be an integer or [low, high] of integers, got {value!r}")
+        low, high = values
+    else:
+        low, high = (_float(name, v) for v in values)
+    if low > high:
+        raise ConfigError(f"{name} must be [low, high] with low <= high, got {value!r}")
+    return (low, high)
+
+
 def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
     """Checks ``value`` against the field's type annotation (as a string); floats via :func:`_float`."""
     name = f"{section}.{key}"
@@ -176,10 +197,18 @@ def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
         return value
     if base == "List[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
+    if base in ("Range", "IntRange"):
+        return _range(name, value, integer=base == "IntRange")
+    if base == "Dict[str, float]" and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _float(f"{name}.{k}", v) for k, v in value.items()}
+    if base == "Dict[str, Any]" and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return dict(value)
     raise ConfigError(f"{name} must be {'null or ' if optional else ''}{base}, got {value!r}")
 
 
-def _section(name: str, cls, values: Any):
+def read_section(name: str, cls, values: Any):
+    """An instance of the dataclass ``cls`` from the mapping ``values`` of section ``name``
+    (None: the defaults); unknown keys and values of the wrong type are ConfigErrors naming the key."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -232,7 +261,8 @@ def _checks(config: Config) -> List[tuple]:
     ]
 
 
-def _validate(config: Config) -> None:
+def validate_config(config: Config) -> None:
+    """Raises ConfigError, naming the key, for the first value or combination of values that is invalid."""
     if not config.data.train:
         raise ConfigError("data.train is required (path of the training data)")
     for ok, message in _checks(config):
@@ -250,23 +280,27 @@ def config_from_dict(values: Dict[str, Any], base_directory: str = ".") -> Confi
     unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; known: {sorted(SECTIONS)}")
-    config = Config(**{name: _section(name, cls, values.get(name)) for name, cls in SECTIONS.items()})
+    config = Config(**{name: read_section(name, cls, values.get(name)) for name, cls in SECTIONS.items()})
     for key in ("train", "test"):
         path = getattr(config.data, key)
         if path and not os.path.isabs(path):
             setattr(config.data, key, os.path.normpath(os.path.join(base_directory, path)))
-    _validate(config)
+    validate_config(config)
     return config
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Reads a YAML training configuration (relative paths are relative to the file)."""
+def read_yaml(path: str | os.PathLike) -> Any:
+    """The contents of a YAML file (an empty file: ``{}``); FileNotFoundError or ConfigError naming it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"configuration file not found: {path}")
     with open(path) as handle:
         try:
-            values = yaml.safe_load(handle) or {}
+            return yaml.safe_load(handle) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from error
-    return config_from_dict(values, os.path.dirname(os.path.abspath(path)))
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Reads a YAML training configuration (relative paths are relative to the file)."""
+    return config_from_dict(read_yaml(path), os.path.dirname(os.path.abspath(os.fspath(path))))
