@@ -103,6 +103,12 @@ def _max_force_error(predicted: np.ndarray, labelled: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(predicted) - labelled, axis=1).max())
 
 
+def _add_totals(wall: Dict[str, float]) -> None:
+    """The iteration's total and the driver's own share of it (the rest is waiting for tasks), in s."""
+    wall["total"] = wall["training"] + wall["sampling"] + wall["labelling"]
+    wall["driver"] = wall["total"] - wall["tasks"]
+
+
 class Campaign:
     """One campaign in its output directory (see the module docstring); :meth:`run` runs or resumes it."""
 
@@ -265,7 +271,7 @@ class Campaign:
         return species
 
     def _train(self, iteration: int) -> None:
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), self.runner.waited
         train, valid = self._training_sets()
         species = self._species(train)
         config = self.config.training_config(os.path.join(self.out, STORE_FILE))
@@ -282,7 +288,8 @@ class Campaign:
                               {"campaign": {"iteration": iteration, "n_train_labels": len(train)}})
         write_atomically(os.path.join(self.out, MODEL_FILE), lambda partial: shutil.copyfile(path, partial))
         entry = self._training_entry(iteration, path, len(train), valid)
-        entry["wall_time"]["training"] = time.perf_counter() - start
+        entry["wall_time"].update(training=time.perf_counter() - start, tasks=self.runner.waited - waited)
+        _add_totals(entry["wall_time"])
         reason = self._stop_reason(iteration, self.store.entries())
         entry["stop_reason"] = reason
         with self.store.transaction() as connection:
@@ -296,7 +303,9 @@ class Campaign:
             "valid": evaluate_configurations(path, valid) if valid else None,
             "trajectories": None, "flags": [], "new_labels": [], "spearman": None,
             "n_new": 0, "n_failed": 0, "n_labels": self.store.counts()["done"],
-            "wall_time": {"training": 0.0, "sampling": 0.0, "labelling": 0.0, "total": 0.0}, "stop_reason": None,
+            "wall_time": {"training": 0.0, "sampling": 0.0, "labelling": 0.0, "total": 0.0, "tasks": 0.0,
+                          "driver": 0.0},
+            "stop_reason": None,
         }
 
     def _stop_reason(self, iteration: int, entries: Sequence[dict]) -> Optional[str]:
@@ -325,7 +334,7 @@ class Campaign:
         return tasks
 
     def _sample(self, iteration: int) -> None:
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), self.runner.waited
         finished = self.store.trajectories(iteration)
         tasks = self._trajectory_tasks(iteration, list(finished))
         results = {index: TrajectoryResult.from_dict(value) for index, value in finished.items()}
@@ -342,9 +351,10 @@ class Campaign:
                                               time.perf_counter() - start))
 
         self.runner.run(run_trajectory, tasks, keep)
-        self._select(iteration, [results[t] for t in sorted(results)], time.perf_counter() - start)
+        self._select(iteration, [results[t] for t in sorted(results)],
+                     {"sampling": time.perf_counter() - start, "tasks": self.runner.waited - waited})
 
-    def _select(self, iteration: int, results: Sequence[TrajectoryResult], sampling_time: float) -> None:
+    def _select(self, iteration: int, results: Sequence[TrajectoryResult], times: Dict[str, float]) -> None:
         """Chooses the labels of this iteration and moves to labelling, in one transaction."""
         candidates = [c for r in results for c in r.candidates]
         room = self.config.stop.max_labels - self.store.counts()["done"]
@@ -363,11 +373,11 @@ class Campaign:
                     "predicted_forces_uncertainty": candidate.forces_uncertainty,
                     "predicted_energy_uncertainty": candidate.energy_uncertainty,
                 }, {"predicted_forces": candidate.predicted_forces})
-            entry = self._sampling_entry(iteration, results, sampling_time)
+            entry = self._sampling_entry(iteration, results, times)
             self.store.save_entry(connection, iteration, entry)
             self.store.set_state(connection, phase="label")
 
-    def _sampling_entry(self, iteration: int, results: Sequence[TrajectoryResult], sampling_time: float) -> dict:
+    def _sampling_entry(self, iteration: int, results: Sequence[TrajectoryResult], times: Dict[str, float]) -> dict:
         entry = self.store.entries()[iteration]
         outcomes = [r.outcome for r in results]
         entry["trajectories"] = {
@@ -382,11 +392,12 @@ class Campaign:
             "temperature": (r.first_flag_temperature if r.outcome == "flagged"
                             else r.schedule.temperature(r.last_step * self.config.sampler.timestep_fs)),
         } for r in results]
-        entry["wall_time"]["sampling"] = sampling_time
+        entry["wall_time"]["sampling"] = times["sampling"]
+        entry["wall_time"]["tasks"] += times["tasks"]
         return entry
 
     def _label(self, iteration: int) -> None:
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), self.runner.waited
         self._label_pending()
         rows = [row for row in self.store.rows(iteration=iteration) if row.get("source") == "sampler"]
         entry = self.store.entries()[iteration]
@@ -399,9 +410,10 @@ class Campaign:
         entry["spearman"] = report.spearman([n["predicted_forces_uncertainty"] for n in done],
                                             [n["true_forces_error"] for n in done])
         entry.update(n_new=len(done), n_failed=len(rows) - len(done), n_labels=self.store.counts()["done"])
-        entry["wall_time"]["labelling"] += time.perf_counter() - start
         wall = entry["wall_time"]
-        wall["total"] = wall["training"] + wall["sampling"] + wall["labelling"]
+        wall["labelling"] += time.perf_counter() - start
+        wall["tasks"] += self.runner.waited - waited
+        _add_totals(wall)
         with self.store.transaction() as connection:
             self.store.save_entry(connection, iteration, entry)
         self.log(report.iteration_table(entry))

@@ -12,17 +12,33 @@ new one and submits the unfinished tasks again.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import ctypes
 import multiprocessing
 import os
+import signal
+import time
 from typing import Callable, Optional, Sequence, TypeVar
 
 Task = TypeVar("Task")
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 # Pools started again after a worker died, per run_tasks call, before the campaign gives up.
 MAX_POOL_RESTARTS = 3
 
 
+def _die_with_parent() -> None:
+    """On Linux, asks the kernel to kill this process when the driver dies (even by kill -9), so an
+    orphaned worker cannot label a configuration that the resumed driver submits again."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: orphans finish their task and exit
+        pass
+
+
 def worker_setup(threads: int) -> None:
-    """Initialiser of a pool worker (a process the campaign owns): ``threads`` torch and OpenMP threads."""
+    """Initialiser of a pool worker (a process the campaign owns): ``threads`` torch and OpenMP threads,
+    and death with the driver."""
+    _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by tblite and other OpenMP oracles when they load
     import torch
 
@@ -46,6 +62,7 @@ class TaskRunner:
     def __init__(self, executor: Optional[futures.Executor], make_pool: Callable[[], futures.Executor]):
         self._given, self._make_pool = executor, make_pool
         self._pool: Optional[futures.Executor] = None
+        self.waited = 0.0  # s the driver spent waiting for tasks (what run() took, less its callbacks)
 
     @property
     def executor(self) -> futures.Executor:
@@ -66,7 +83,7 @@ class TaskRunner:
             on_error: Optional[Callable[[Task, BaseException], None]] = None) -> None:
         """Runs ``function(task)`` for every task; ``on_result(task, result)`` as each finishes, in the
         driver's thread. A task that raises goes to ``on_error`` (or the exception propagates)."""
-        remaining, restarts = set(range(len(tasks))), 0
+        remaining, restarts, start, in_callbacks = set(range(len(tasks))), 0, time.perf_counter(), 0.0
         while remaining:
             pending = {self.executor.submit(function, tasks[index]): index for index in sorted(remaining)}
             try:
@@ -76,17 +93,20 @@ class TaskRunner:
                     if isinstance(error, futures.BrokenExecutor):
                         raise error
                     remaining.discard(index)
+                    called = time.perf_counter()
                     if error is None:
                         on_result(tasks[index], future.result())
                     elif on_error is not None:
                         on_error(tasks[index], error)
                     else:
                         raise error
+                    in_callbacks += time.perf_counter() - called
             except futures.BrokenExecutor:
                 restarts += 1
                 if restarts > MAX_POOL_RESTARTS:
                     raise
                 self._restart()
+        self.waited += time.perf_counter() - start - in_callbacks
 
     def close(self) -> None:
         if self._pool is not None:

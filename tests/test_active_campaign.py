@@ -1,0 +1,289 @@
+"""Active-learning campaigns end to end: real EMT labels, real training, real ASE dynamics, real process pools.
+
+A tiny campaign (8–12 Al atoms, a small ensemble, a few epochs) runs in the
+test budget. The reference run is shared by the tests that compare with it:
+crash-and-resume runs must end with the same labels, none lost and none
+computed twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import ase.db
+import numpy as np
+import pytest
+import yaml
+from ase.calculators.emt import EMT
+
+from mlip_md.active import CampaignError, campaign_config_from_dict, campaign_status, run_campaign
+from mlip_md.active.config import ConfigError
+from mlip_md.active.sampler import disordered_start
+from mlip_md.active.store import PROVENANCE
+from mlip_md.data import label
+from mlip_md.data.generate import write_images
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+from campaign_oracles import LOG_VARIABLE  # noqa: E402
+
+TINY = {
+    "seed": 0,
+    "oracle": {"name": "campaign_oracles:FaultyEMT", "parameters": {"delay": 0.15}, "timeout": 20.0},
+    "initial": {"n_configurations": 16, "rattle": 0.05},
+    "sampler": {"n_trajectories": 4, "max_steps": 80, "check_interval": 10, "timestep_fs": 2.0,
+                "n_atoms": [8, 12], "temperature_start": [300, 600], "temperature_end": [800, 1500]},
+    "selection": {"forces_uncertainty": 0.05, "max_labels_per_iteration": 4},
+    "retrain": {"valid_fraction": 0.1, "warm_start": True},
+    "stop": {"max_iterations": 2},
+    "executor": {"workers": 2},
+    "model": {"n_interactions": 1, "n_features": 8, "n_sensitivities": 8, "n_atom_layers": 1, "cutoff": 4.5,
+              "dist_soft_min": 1.7, "dist_soft_max": 4.0},
+    "training": {"max_epochs": 12, "batch_size": 4, "learning_rate": 0.005},
+    "ensemble": {"size": 2},
+}
+
+
+def tiny(**sections) -> dict:
+    """TINY with sections updated key by key (``oracle={"timeout": 1}``)."""
+    values = copy.deepcopy(TINY)
+    for name, changes in sections.items():
+        if isinstance(changes, dict) and isinstance(values.get(name), dict):
+            values[name].update(changes)
+        else:
+            values[name] = changes
+    return values
+
+
+def environment(log: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(TESTS), LOG_VARIABLE: str(log), "OMP_NUM_THREADS": "1"}
+
+
+def start_campaign(config: Path, out: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mlip_md", "campaign", str(config), "--out", str(out)],
+                            cwd=ROOT, env=environment(log), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def write_config(directory: Path, values: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "campaign.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def labels(out: Path) -> dict:
+    """label_id -> status of every row."""
+    with ase.db.connect(out / "labels.db") as database:
+        return {row.label_id: row.status for row in database.select()}
+
+
+def state(out: Path, key: str):
+    """A campaign state value read without disturbing a running driver (None before the table exists)."""
+    try:
+        with sqlite3.connect(out / "labels.db", timeout=5) as connection:
+            row = connection.execute("SELECT value FROM campaign_state WHERE key = ?", (key,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return None if row is None else json.loads(row[0])
+
+
+@pytest.fixture(scope="module")
+def ood_test_file(tmp_path_factory) -> str:
+    """Disordered Al cells (other seeds than the campaign's) labelled by EMT: the held-out test set."""
+    config = campaign_config_from_dict(tiny())
+    rng = np.random.default_rng(1234)
+    images = [label(disordered_start(config.sampler, rng), EMT()) for _ in range(12)]
+    return write_images(images, tmp_path_factory.mktemp("test_set") / "test.extxyz")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ood_test_file):
+    """The uninterrupted tiny campaign, run by the CLI in a subprocess; (out, oracle log, report)."""
+    directory = tmp_path_factory.mktemp("reference")
+    config = write_config(directory, tiny(test=ood_test_file))
+    log = directory / "oracle.log"
+    process = start_campaign(config, directory / "out", log)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    report = json.loads((directory / "out" / "report.json").read_text())
+    return directory / "out", log, report, output
+
+
+def test_campaign_labels_with_provenance_and_reports(reference):
+    out, log, report, output = reference
+    rows = list(ase.db.connect(out / "labels.db").select())
+    assert rows and all(row.status == "done" for row in rows)
+    sampled = [row for row in rows if row.source == "sampler"]
+    assert sampled, "the sampler flagged nothing"
+    expected = {"iteration", "trajectory", "model_sha256", "t0", "t1", "amplitude", "period_fs", "strain",
+                "flag_step", "flag_temperature", "predicted_forces_uncertainty", "predicted_energy_uncertainty",
+                "oracle", "oracle_hash", "wall_time", "attempts", "split", "true_forces_error", "label_id"}
+    assert expected - set(PROVENANCE) == {"label_id"}
+    for row in sampled:
+        assert expected <= set(row.key_value_pairs), expected - set(row.key_value_pairs)
+        assert row.flag_step % 10 == 0 and row.predicted_forces_uncertainty > 0.05
+        assert row.get("energy") is not None and row.forces.shape == (row.natoms, 3)
+    assert {row.model_sha256 for row in sampled} <= {e["model_sha256"] for e in report["iterations"]}
+    iterations = report["iterations"]
+    assert [e["iteration"] for e in iterations] == [0, 1, 2]
+    for entry in iterations:
+        assert {"n_labels", "n_new", "n_failed", "test"} <= set(entry)
+        assert entry["test"]["n_configs"] == 12
+    assert iterations[-1]["n_labels"] == len(rows)
+    assert sum(e["n_new"] for e in iterations) == len(sampled)
+    assert report["status"]["finished"] and "max_iterations" in report["status"]["stop_reason"]
+    assert (out / "model.pt").read_bytes() == (out / "iterations" / "002" / "model.pt").read_bytes()
+    for name in ("labels", "trajectories", "time_to_flag", "uncertainty_vs_error", "test_errors"):
+        assert (out / "report" / f"{name}.png").stat().st_size > 1000
+    assert "iteration 1:" in output and "trajectories" in output
+
+
+def test_held_out_force_error_falls(reference):
+    errors = [entry["test"]["forces_mae"] for entry in reference[2]["iterations"]]
+    assert errors[-1] < errors[0], errors
+
+
+def test_no_configuration_is_labelled_twice(reference):
+    out, log, _, _ = reference
+    computed = Counter(log.read_text().split())
+    assert computed and max(computed.values()) == 1
+    assert len(computed) == len(labels(out))
+
+
+def test_campaign_status_and_finished_rerun(reference, capsys):
+    out = reference[0]
+    status = campaign_status(out)
+    assert status["finished"] and status["labels"]["done"] == len(labels(out)) and status["labels"]["failed"] == 0
+    assert status["thresholds"]["forces_uncertainty"] == 0.05 and status["iterations_trained"] == 3
+    from mlip_md.cli import main
+
+    assert main(["campaign-status", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["phase"] == "finished"
+
+
+def _kill_when(process: subprocess.Popen, condition, timeout: float = 300.0) -> bool:
+    """SIGKILLs ``process`` once ``condition()`` holds; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if condition():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.02)
+    process.kill()
+    raise AssertionError("the kill condition never held")
+
+
+def test_kill_9_anywhere_then_resume_loses_and_repeats_nothing(reference, tmp_path):
+    """Kill the driver during labelling, sampling, training and (by timing) anywhere; resume each time.
+    The finished campaign has the reference's labels; no label was computed twice."""
+    ref_out = reference[0]
+    config = write_config(tmp_path, yaml.safe_load((ref_out.parent / "campaign.yaml").read_text()))
+    out, log = tmp_path / "out", tmp_path / "oracle.log"
+    member = out / "iterations" / "001" / "member_0" / "checkpoint.pt"
+    conditions = [
+        ("initial labelling", lambda: log.exists() and len(log.read_text().split()) >= 5),
+        ("sampling", lambda: state(out, "phase") == "sample" and state(out, "iteration") == 0),
+        ("labelling", lambda: state(out, "phase") == "label"),
+        ("training", member.exists),
+    ]
+    killed = []
+    for name, condition in conditions:
+        if _kill_when(start_campaign(config, out, log), condition):
+            killed.append(name)
+    rng = np.random.default_rng(0)
+    while True:  # then at random moments until it finishes
+        process = start_campaign(config, out, log)
+        try:
+            process.wait(timeout=rng.uniform(3.0, 8.0))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            killed.append("random")
+            continue
+        assert process.returncode == 0, process.stdout.read()
+        break
+    assert {"initial labelling", "sampling", "labelling", "training"} <= set(killed), killed
+    assert labels(out) == labels(ref_out)
+    computed = Counter(log.read_text().split())
+    assert max(computed.values()) == 1, "a finished label was computed again"
+    assert not list((out / "results").glob("*.json"))
+
+
+def test_oracle_failures_are_recorded_and_the_campaign_goes_on(tmp_path):
+    """Raising, hanging (timeout) and NaN oracles: failed rows with their error, the campaign finishes."""
+    for fault in ("raise", "hang", "nan"):
+        values = tiny(oracle={"parameters": {"delay": 0.0, "fault": fault, "fault_share": 0.2}, "timeout": 2.0,
+                              "retries": 0},
+                      stop={"max_iterations": 1, "max_failure_fraction": 0.6})
+        out = tmp_path / fault
+        status = run_campaign(campaign_config_from_dict(values), out, log=lambda line: None)
+        assert status["finished"], status
+        failed = [row for row in ase.db.connect(out / "labels.db").select(status="failed")]
+        assert failed, f"no {fault} fault hit"
+        expected = {"raise": "SCF did not converge", "hang": "oracle.timeout", "nan": "non-finite"}[fault]
+        assert all(expected in row.error and row.attempts == 1 for row in failed), [r.error for r in failed]
+        assert status["labels"]["done"] > 0
+
+
+def test_failure_budget_stops_the_campaign_with_a_clear_message(tmp_path, capsys):
+    values = tiny(oracle={"parameters": {"fault": "raise", "fault_share": 1.0}, "retries": 1})
+    config = write_config(tmp_path, values)
+    from mlip_md.cli import main
+
+    assert main(["campaign", str(config), "--out", str(tmp_path / "out")]) == 3
+    message = capsys.readouterr().err
+    assert "16 of 16 oracle labels failed" in message and "max_failure_fraction" in message
+    assert "SCF did not converge" in message
+    rows = list(ase.db.connect(tmp_path / "out" / "labels.db").select())
+    assert len(rows) == 16 and all(row.status == "failed" and row.attempts == 2 for row in rows)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sampler": {"n_trajectorys": 3}}, "unknown key(s) sampler.n_trajectorys"),
+    ({"ensemble": {"size": 1}}, "ensemble.size must be at least 2"),
+    ({"oracle": {"name": "vasp"}}, "oracle.name 'vasp' is not an oracle"),
+    ({"sampler": {"density": 8.0}}, "lower the density or the minimum distance"),
+    ({"initial": {"n_configurations": 0}}, "initial.data or initial.n_configurations is needed"),
+    ({"data": {"train": "x.extxyz"}}, "there is no data section"),
+    ({"selection": {"forces_uncertainty": -1}}, "selection.forces_uncertainty must be positive"),
+    ({"loss": {"hessian": 1.0}}, "set oracle.hvp_probes"),
+])
+def test_bad_configurations_name_the_problem(change, message):
+    with pytest.raises(ConfigError) as error:
+        campaign_config_from_dict(tiny(**change))
+    assert message in str(error.value)
+
+
+def test_missing_files_and_unknown_oracle_modules(tmp_path):
+    with pytest.raises(FileNotFoundError, match="initial.data"):
+        campaign_config_from_dict(tiny(initial={"data": "missing.extxyz"}), str(tmp_path))
+    config = campaign_config_from_dict(tiny(oracle={"name": "no_such_module:Calc"}))
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
+        run_campaign(config, tmp_path / "out", log=lambda line: None)
+
+
+def test_resume_with_other_settings_is_refused(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    values = yaml.safe_load((reference[0].parent / "campaign.yaml").read_text())
+    values["selection"]["forces_uncertainty"] = 0.2
+    with pytest.raises(CampaignError, match=r"selection.forces_uncertainty: 0.05 -> 0.2"):
+        run_campaign(campaign_config_from_dict(values), out, log=lambda line: None)
+    values["selection"]["forces_uncertainty"] = 0.05
+    values["stop"]["max_iterations"] = 2  # may change; the campaign is finished already
+    assert run_campaign(campaign_config_from_dict(values), out, log=lambda line: None)["finished"]
