@@ -146,6 +146,8 @@ def _add_demo_parser(commands) -> None:
     demo.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (default: torch's choice)")
     demo.add_argument("--seed", type=int, default=defaults.seed)
     demo.add_argument("--no-lammps", action="store_true", help="skip step 5, the LAMMPS run")
+    demo.add_argument("--campaign-iterations", type=int, default=defaults.campaign_iterations,
+                      help="step 6: sampling rounds of the active-learning campaign (default %(default)s; 0 skips it)")
     demo.set_defaults(handler=_demo)
 
 

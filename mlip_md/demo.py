@@ -1,7 +1,8 @@
 """The main job on built-in defaults (``mlip-md demo``).
 
 EMT aluminium data → a trained HIP-NN → one exported file → NVE molecular
-dynamics with it in ASE and, with the same file, in LAMMPS. Everything lands
+dynamics with it in ASE and, with the same file, in LAMMPS → a short
+active-learning campaign that grows the data where an ensemble disagrees. Everything lands
 in one output directory; ``demo.json`` there records the options that shaped
 its files, so a re-run with the same options reuses the data and resumes
 training, and a re-run with other options is refused before anything is
@@ -44,6 +45,7 @@ class DemoOptions:
     log_interval: int = 20
     threads: int = 0  # torch threads; 0 leaves torch's choice
     lammps: bool = True  # step 5, the LAMMPS run
+    campaign_iterations: int = 2  # step 6, sampling rounds of the campaign (0 skips it)
 
     def recorded(self) -> dict:
         return {name: getattr(self, name) for name in RECORDED}
@@ -165,8 +167,38 @@ def lammps_nve(model: str, atoms: Atoms, options: DemoOptions) -> None:
     lmp.close()
 
 
+def campaign_values(data: str, options: DemoOptions) -> dict:
+    """The demo campaign's configuration: the demo's data and model, a 2-member ensemble, 32-atom cells."""
+    return {
+        "seed": options.seed,
+        "oracle": {"name": "emt"},
+        "initial": {"data": data},
+        "sampler": {"n_trajectories": 4, "max_steps": 300, "timestep_fs": 2.0, "check_interval": 10,
+                    "n_atoms": 32, "temperature_start": [300.0, 600.0], "temperature_end": [1000.0, 1500.0]},
+        "selection": {"forces_uncertainty": 0.1, "max_labels_per_iteration": 8},
+        "retrain": {"warm_start": True},
+        "stop": {"max_iterations": options.campaign_iterations},
+        "executor": {"workers": 2},
+        "model": {"species": ["Al"], "cutoff": options.cutoff, "dist_soft_min": 1.7, "dist_soft_max": 5.0},
+        "training": {"max_epochs": options.epochs, "batch_size": 8, "learning_rate": 0.003, "seed": options.seed,
+                     "export_dtype": options.dtype},
+        "ensemble": {"size": 2},
+    }
+
+
+def run_campaign_step(out: str, data: str, options: DemoOptions) -> None:
+    """Step 6: a short active-learning campaign in ``out/campaign`` (resumed on a re-run)."""
+    from mlip_md.active import campaign_config_from_dict, run_campaign
+
+    print(f"6. active learning: {options.campaign_iterations} round(s) of ensemble MD from disordered 32-atom "
+          "cells, EMT labels where the two members disagree by > 0.1 eV/Å, retraining")
+    status = run_campaign(campaign_config_from_dict(campaign_values(data, options)), os.path.join(out, "campaign"))
+    print(f"   labels: {status['labels']['done']} done, {status['labels']['failed']} failed; report: "
+          f"{os.path.join(status['out'], 'report.json')} and report/*.png; model: {status['model']}")
+
+
 def run_demo(out: str, options: DemoOptions = DemoOptions()) -> str:
-    """Runs steps 1-5 into the directory ``out``; returns the exported model's path.
+    """Runs steps 1-6 into the directory ``out``; returns the exported model's path (step 3).
 
     Refuses (ValueError) an ``out`` made with other data or training options
     before writing anything (see :func:`check_record`).
@@ -177,8 +209,11 @@ def run_demo(out: str, options: DemoOptions = DemoOptions()) -> str:
         import torch
 
         torch.set_num_threads(options.threads)
-    model = train_model(out, make_data(out, options, reuse), options)
+    data = make_data(out, options, reuse)
+    model = train_model(out, data, options)
     atoms = ase_nve(model, options)
     if options.lammps:
         lammps_nve(model, atoms, options)
+    if options.campaign_iterations:
+        run_campaign_step(out, data, options)
     return model

@@ -287,3 +287,29 @@ def test_resume_with_other_settings_is_refused(reference, tmp_path):
     values["selection"]["forces_uncertainty"] = 0.05
     values["stop"]["max_iterations"] = 2  # may change; the campaign is finished already
     assert run_campaign(campaign_config_from_dict(values), out, log=lambda line: None)["finished"]
+
+
+def _pool_workers(pid: int) -> list:
+    """Process ids of the driver's pool workers (spawned children, not the resource tracker)."""
+    workers = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in command:
+            workers.append(int(child))
+    return workers
+
+
+def test_a_killed_worker_is_replaced_and_its_task_run_again(reference, tmp_path):
+    ref_out = reference[0]
+    config = write_config(tmp_path, yaml.safe_load((ref_out.parent / "campaign.yaml").read_text()))
+    out, log = tmp_path / "out", tmp_path / "oracle.log"
+    process = start_campaign(config, out, log)
+    deadline = time.monotonic() + 300
+    while not (log.exists() and log.read_text().split()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    workers = _pool_workers(process.pid)
+    assert workers, "no pool worker found"
+    os.kill(workers[0], signal.SIGKILL)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert labels(out) == labels(ref_out)

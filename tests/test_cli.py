@@ -14,7 +14,8 @@ from mlip_md.contract import FORMAT_VERSION
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 INPUTS = Path(__file__).resolve().parent.parent / "inputs"
-DEMO = ["demo", "--configs", "12", "--epochs", "2", "--repeat", "2", "--steps", "20", "--log-interval", "10"]
+DEMO = ["demo", "--configs", "12", "--epochs", "2", "--repeat", "2", "--steps", "20", "--log-interval", "10",
+        "--campaign-iterations", "1"]
 
 
 def fails(arguments, capsys) -> str:
@@ -49,6 +50,11 @@ def test_demo_trains_exports_and_runs_md(demo_run):
     lammps_rows = [line.split() for line in output.splitlines() if line.strip().startswith("LAMMPS ")]
     assert [row[1] for row in lammps_rows if row[1].isdigit()] == ["0", "10", "20"]
     assert "LAMMPS total-energy drift" in output
+    # step 6: a short campaign grows the demo's data where the ensemble disagrees
+    assert "6. active learning" in output and "iteration 0: training 2 members" in output
+    report = json.loads((out / "campaign" / "report.json").read_text())
+    assert report["status"]["finished"] and len(report["iterations"]) == 2
+    assert report["iterations"][-1]["n_labels"] >= 12
 
 
 def test_demo_rerun_reuses_its_files_and_refuses_other_options(demo_run, capsys):

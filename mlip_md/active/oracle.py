@@ -20,6 +20,7 @@ labelling again.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import threading
 import time
@@ -196,8 +197,11 @@ def label_configuration(task: LabelTask) -> LabelResult:
 
     Never raises for the oracle's failures (errors, timeouts, NaN): they come
     back as a ``failed`` result with the last error's text. Writes the result
-    to ``task.result_path`` (atomically) before returning it.
+    to ``task.result_path`` (atomically) before returning it, and returns the
+    result found there instead of labelling again.
     """
+    if os.path.exists(task.result_path):  # finished before its pool broke: never label twice
+        return read_result(task.result_path)
     start, errors = time.perf_counter(), []
     result = None
     for attempt in range(1, task.oracle.retries + 2):
