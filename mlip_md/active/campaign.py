@@ -18,7 +18,9 @@ again, and members resume from their checkpoints.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import dataclasses
 import fcntl
+import hashlib
 import os
 import shutil
 import time
@@ -27,6 +29,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 
 from mlip_md.active import report
@@ -85,8 +88,6 @@ def _exclusive(out: str) -> Iterator[None]:
 
 
 def _sha256(path: str) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -223,15 +224,11 @@ class Campaign:
     def _initial_sampler(self):
         sampler = self.config.sampler
         if sampler.start == "store":  # nothing is stored yet: generated starts are disordered
-            from dataclasses import replace
-
-            return replace(sampler, start="disordered")
+            return dataclasses.replace(sampler, start="disordered")
         return sampler
 
     def _add_file_label(self, configuration: Configuration) -> None:
         atoms = configuration.to_atoms()
-        from ase.calculators.singlepoint import SinglePointCalculator
-
         labels = {"energy": configuration.energy}
         if configuration.forces is not None:
             labels["forces"] = configuration.forces

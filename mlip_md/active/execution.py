@@ -25,20 +25,23 @@ PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 MAX_POOL_RESTARTS = 3
 
 
-def _die_with_parent() -> None:
-    """On Linux, asks the kernel to kill this process when the driver dies (even by kill -9), so an
-    orphaned worker cannot label a configuration that the resumed driver submits again."""
+def _die_with_parent(parent: int) -> None:
+    """On Linux, asks the kernel to kill this process when the driver ``parent`` dies (even by kill -9),
+    and exits at once if it already has: an orphaned worker must not label a configuration that the
+    resumed driver submits again, nor wait forever on its own end of the task queue."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
     except (OSError, AttributeError):  # not Linux: orphans finish their task and exit
         pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
-def worker_setup(threads: int) -> None:
-    """Initialiser of a pool worker (a process the campaign owns): ``threads`` torch and OpenMP threads,
-    and death with the driver."""
-    _die_with_parent()
+def worker_setup(parent: int, threads: int) -> None:
+    """Initialiser of a pool worker (a process the campaign owns): death with the driver ``parent``,
+    ``threads`` torch and OpenMP threads."""
+    _die_with_parent(parent)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by tblite and other OpenMP oracles when they load
     import torch
 
@@ -48,7 +51,7 @@ def worker_setup(threads: int) -> None:
 def local_executor(workers: int, threads_per_worker: int = 1) -> futures.ProcessPoolExecutor:
     """A process pool of ``workers`` processes, started with spawn (no state forked from the driver)."""
     return futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=worker_setup, initargs=(threads_per_worker,))
+                                       initializer=worker_setup, initargs=(os.getpid(), threads_per_worker))
 
 
 class TaskRunner:
