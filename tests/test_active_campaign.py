@@ -328,3 +328,60 @@ def test_a_killed_worker_is_replaced_and_its_task_run_again(reference, tmp_path)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert labels(out) == labels(ref_out)
+
+
+def test_converged_campaign_stops_when_trajectories_stay_accurate(tmp_path):
+    values = tiny(selection={"forces_uncertainty": 100.0}, stop={"max_iterations": 5, "accurate_fraction": 0.9},
+                  oracle={"parameters": {"delay": 0.0}})
+    status = run_campaign(campaign_config_from_dict(values), tmp_path / "out", log=lambda line: None)
+    assert status["finished"] and status["stop_reason"].startswith("converged"), status
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [e["trajectories"]["accurate_fraction"] for e in report["iterations"][:2]] == [1.0, 1.0]
+    assert len(report["iterations"]) == 3 and report["iterations"][-1]["trajectories"] is None
+
+
+def test_hessian_vector_labels_are_stored_and_trained_on(tmp_path):
+    """oracle.hvp_probes: k (v, H·v) pairs per label in the row's data, H·v equal to the oracle's
+    finite-difference Hessian times v, and a Hessian-loss training that reads them."""
+    from mlip_md.data.labels import finite_difference_hessian
+
+    values = tiny(oracle={"name": "emt", "parameters": {}, "hvp_probes": 2}, stop={"max_iterations": 0},
+                  initial={"n_configurations": 6}, loss={"hessian": 0.01}, training={"max_epochs": 2})
+    status = run_campaign(campaign_config_from_dict(values), tmp_path / "out", log=lambda line: None)
+    assert status["finished"] and status["labels"]["done"] == 6
+    row = next(ase.db.connect(tmp_path / "out" / "labels.db").select())
+    probes, products = row.data["hvp_probes"], row.data["hvp_products"]
+    assert probes.shape == products.shape == (2, 3 * row.natoms) and set(np.unique(probes)) == {-1.0, 1.0}
+    hessian = finite_difference_hessian(row.toatoms(), EMT(), step=1e-3)
+    np.testing.assert_allclose(products, probes @ hessian, atol=2e-3 * np.abs(products).max())
+    metrics = (tmp_path / "out" / "iterations" / "000" / "member_0" / "metrics.jsonl").read_text()
+    assert json.loads(metrics.splitlines()[-1])["train"]["energy_rmse"] is not None
+
+
+def test_campaign_inputs_are_valid():
+    from mlip_md.active import load_campaign_config
+
+    aluminium = load_campaign_config(ROOT / "inputs" / "campaign_aluminium_emt.yaml")
+    assert aluminium.sampler.n_atoms == (32, 108) and aluminium.sampler.temperature_end[1] == 2000
+    molecule = load_campaign_config(ROOT / "inputs" / "campaign_molecule_gfn2.yaml")
+    assert molecule.oracle.name == "tblite" and molecule.oracle.hvp_probes > 0 and molecule.loss.hessian > 0
+    assert Path(molecule.sampler.start).name == "ethanol.xyz"
+
+
+def test_any_executor_gives_the_same_campaign(reference, tmp_path):
+    """The driver only needs concurrent.futures: a thread pool gives the reference's labels."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    values = yaml.safe_load((reference[0].parent / "campaign.yaml").read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference's pool workers
+    try:
+        with ThreadPoolExecutor(2) as executor:
+            status = run_campaign(campaign_config_from_dict(values), tmp_path / "out", executor=executor,
+                                  log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert status["finished"]
+    assert labels(tmp_path / "out") == labels(reference[0])

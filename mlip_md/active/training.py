@@ -11,6 +11,7 @@ row count, so adding labels never moves one from validation into training.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -23,6 +24,10 @@ from mlip_md.train import checkpoint
 from mlip_md.train.config import Config
 from mlip_md.train.splits import DataSplit, check_data
 from mlip_md.train.trainer import MemberRun, build_model
+
+# Members initialise their weights from torch's global generator after seeding it: with a thread-based
+# executor two members must not do so at the same time.
+_GLOBAL_GENERATOR = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ def data_split(config: Config, train: Sequence[Configuration], valid: Sequence[C
 def train_member_task(task: MemberTask) -> Dict[str, torch.Tensor]:
     """Trains (or resumes, or finds finished) one member; returns its best weights (a state dict)."""
     data = data_split(task.config, task.train, task.valid, task.species)
-    run = MemberRun(task.config, data, task.member, task.directory)
+    with _GLOBAL_GENERATOR:
+        run = MemberRun(task.config, data, task.member, task.directory)
     if task.warm_start and not os.path.exists(run.checkpoint_path):
         run.model.load_state_dict(checkpoint.load(task.warm_start)["model"])
     run.resume()
