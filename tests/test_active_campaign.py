@@ -385,3 +385,19 @@ def test_any_executor_gives_the_same_campaign(reference, tmp_path):
         torch.set_num_threads(threads)
     assert status["finished"]
     assert labels(tmp_path / "out") == labels(reference[0])
+
+
+def test_molecule_campaign_with_gfn2_and_hvp_labels(tmp_path):
+    """The shipped GFN2-xTB input, shrunk: ethanol starts from the file, tblite labels with HVP pairs."""
+    values = yaml.safe_load((ROOT / "inputs" / "campaign_molecule_gfn2.yaml").read_text())
+    values["sampler"].update(start=str(ROOT / "inputs" / "ethanol.xyz"), n_trajectories=2, max_steps=100)
+    values["initial"]["n_configurations"] = 8
+    values["stop"]["max_iterations"] = 1
+    values["training"].update(max_epochs=3)
+    values["model"].update(n_features=8, n_sensitivities=8, n_atom_layers=1)
+    values["ensemble"]["size"] = 2
+    status = run_campaign(campaign_config_from_dict(values), tmp_path / "out", log=lambda line: None)
+    assert status["finished"] and status["labels"]["failed"] == 0 and status["labels"]["done"] >= 8
+    rows = list(ase.db.connect(tmp_path / "out" / "labels.db").select(status="done"))
+    assert all(row.formula == "C2H6O" and row.data["hvp_products"].shape == (2, 27) for row in rows)
+    assert all("stress" not in row for row in rows)  # a molecule in vacuum has none
