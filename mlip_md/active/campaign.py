@@ -20,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures as futures
 import dataclasses
 import fcntl
-import hashlib
 import os
 import shutil
 import time
@@ -39,10 +38,9 @@ from mlip_md.active.oracle import LabelResult, LabelTask, label_configuration, m
 from mlip_md.active.sampler import TrajectoryResult, TrajectoryTask, run_trajectory, start_structure
 from mlip_md.active.selection import select_candidates
 from mlip_md.active.store import LabelStore, label_id, split_of
-from mlip_md.active.training import export_members, member_tasks, train_member_task
+from mlip_md.active.training import ExportTask, export_task, member_tasks, train_member_task
 from mlip_md.atomic import write_atomically
 from mlip_md.data.dataset import Configuration, configuration_from_atoms, read_configurations
-from mlip_md.evaluate import evaluate_configurations, evaluate_exported
 
 STORE_FILE = "labels.db"
 MODEL_FILE = "model.pt"
@@ -87,14 +85,6 @@ def _exclusive(out: str) -> Iterator[None]:
         handle.close()
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _configuration(row) -> Configuration:
     """A training configuration from a done row (labels in its calculator results and ``data``)."""
     return configuration_from_atoms(row.toatoms(), f"labels.db[{row.label_id}]", extra=dict(row.data))
@@ -120,7 +110,6 @@ class Campaign:
         self.runner = TaskRunner(executor, lambda: local_executor(config.executor.workers,
                                                                   config.executor.threads_per_worker))
         self.store: Optional[LabelStore] = None
-        self.timings: Dict[str, float] = {}
 
     # -- set-up and state ------------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -133,9 +122,9 @@ class Campaign:
             return
         changes = config_changes(saved, self.config)
         if changes:
-            raise CampaignError(f"{self.out} holds a campaign with other settings ({'; '.join(changes)}); "
-                                f"only {', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in RESUMABLE)} "
-                                "may change on resume; use a new output directory")
+            raise CampaignError(f"{self.out} holds a campaign with other settings ({'; '.join(changes)}); only "
+                                "stop.*, executor.*, oracle.timeout and oracle.retries may change on resume; "
+                                "use a new output directory")
         with self.store.transaction() as connection:
             self.store.set_state(connection, config=self.config.to_dict())
 
@@ -194,7 +183,7 @@ class Campaign:
     def _check_failures(self) -> None:
         counts, stop = self.store.counts(), self.config.stop
         labelled = [row for row in self.store.rows() if row.get("source") != "initial.data"]
-        failed = [row for row in labelled if row.status == "failed"]
+        failed = sorted((row for row in labelled if row.status == "failed"), key=lambda row: row.mtime)
         finished = sum(row.status in ("done", "failed") for row in labelled)
         if len(failed) >= stop.min_failures and len(failed) > stop.max_failure_fraction * finished:
             last = "; ".join(f"{row.label_id[:8]}: {row.error}" for row in failed[-3:])
@@ -206,6 +195,7 @@ class Campaign:
 
     # -- the initial data ------------------------------------------------------------------------------------
     def _initial(self) -> None:
+        start, waited = time.perf_counter(), self.runner.waited
         initial = self.config.initial
         with self.store.transaction():
             if initial.data:
@@ -219,7 +209,8 @@ class Campaign:
         self._label_pending()
         self._check_failures()
         with self.store.transaction() as connection:
-            self.store.set_state(connection, phase="train")
+            self.store.set_state(connection, phase="train", initial_wall_time={
+                "labelling": time.perf_counter() - start, "tasks": self.runner.waited - waited})
 
     def _initial_sampler(self):
         sampler = self.config.sampler
@@ -271,8 +262,7 @@ class Campaign:
         start, waited = time.perf_counter(), self.runner.waited
         train, valid = self._training_sets()
         species = self._species(train)
-        config = self.config.training_config(os.path.join(self.out, STORE_FILE))
-        config.model.species = species
+        config = self.config.training_config(os.path.join(self.out, STORE_FILE), species)
         directory = self._iteration_directory(iteration)
         previous = self._iteration_directory(iteration - 1) if self.config.retrain.warm_start and iteration else None
         tasks = member_tasks(config, train, valid, species, directory, previous)
@@ -280,12 +270,18 @@ class Campaign:
                  f"({len(valid)} for validation)")
         states: Dict[int, dict] = {}
         self.runner.run(train_member_task, tasks, lambda task, state: states.__setitem__(task.member, state))
-        path = export_members(config, [states[m] for m in range(len(tasks))], train, species,
-                              os.path.join(directory, MODEL_FILE),
-                              {"campaign": {"iteration": iteration, "n_train_labels": len(train)}})
-        write_atomically(os.path.join(self.out, MODEL_FILE), lambda partial: shutil.copyfile(path, partial))
-        entry = self._training_entry(iteration, path, len(train), valid)
+        export = ExportTask(config, tuple(states[m] for m in range(len(tasks))), tuple(train), tuple(valid),
+                            tuple(species), os.path.join(directory, MODEL_FILE),
+                            {"campaign": {"iteration": iteration, "n_train_labels": len(train)}}, self.config.test)
+        exported: Dict[str, object] = {}
+        self.runner.run(export_task, [export], lambda task, result: exported.update(result))
+        write_atomically(os.path.join(self.out, MODEL_FILE),
+                         lambda partial: shutil.copyfile(exported["model"], partial))
+        entry = self._training_entry(iteration, exported, len(train))
         entry["wall_time"].update(training=time.perf_counter() - start, tasks=self.runner.waited - waited)
+        if iteration == 0:  # the initial labels count as iteration 0's labelling
+            for key, seconds in self.store.state("initial_wall_time", {}).items():
+                entry["wall_time"][key] += seconds
         _add_totals(entry["wall_time"])
         reason = self._stop_reason(iteration, self.store.entries())
         entry["stop_reason"] = reason
@@ -293,11 +289,9 @@ class Campaign:
             self.store.save_entry(connection, iteration, entry)
             self.store.set_state(connection, phase="finished" if reason else "sample", stop_reason=reason)
 
-    def _training_entry(self, iteration: int, path: str, n_train: int, valid: Sequence[Configuration]) -> dict:
+    def _training_entry(self, iteration: int, exported: dict, n_train: int) -> dict:
         return {
-            "iteration": iteration, "n_train_labels": n_train, "model": path, "model_sha256": _sha256(path),
-            "test": evaluate_exported(path, self.config.test) if self.config.test else None,
-            "valid": evaluate_configurations(path, valid) if valid else None,
+            "iteration": iteration, "n_train_labels": n_train, **exported,
             "trajectories": None, "flags": [], "new_labels": [], "spearman": None,
             "n_new": 0, "n_failed": 0, "n_labels": self.store.counts()["done"],
             "wall_time": {"training": 0.0, "sampling": 0.0, "labelling": 0.0, "total": 0.0, "tasks": 0.0,
@@ -381,17 +375,20 @@ class Campaign:
             "n": len(results), **{name: outcomes.count(name) for name in ("accurate", "flagged", "discarded")},
             "accurate_fraction": outcomes.count("accurate") / len(results),
         }
-        t_max = self.config.sampler.max_steps
-        entry["flags"] = [{
-            "trajectory": r.trajectory, "outcome": r.outcome,
-            "step": r.first_flag_step if r.outcome == "flagged" else (t_max if r.outcome == "accurate" else r.last_step),
-            "time_fs": (r.first_flag_step if r.outcome == "flagged" else t_max) * self.config.sampler.timestep_fs,
-            "temperature": (r.first_flag_temperature if r.outcome == "flagged"
-                            else r.schedule.temperature(r.last_step * self.config.sampler.timestep_fs)),
-        } for r in results]
+        entry["flags"] = [self._flag_record(r) for r in results]
         entry["wall_time"]["sampling"] = times["sampling"]
         entry["wall_time"]["tasks"] += times["tasks"]
         return entry
+
+    def _flag_record(self, result: TrajectoryResult) -> dict:
+        """Where a trajectory ended: its first flag, t_max (accurate) or the frame it was discarded at."""
+        step = {"flagged": result.first_flag_step, "accurate": self.config.sampler.max_steps}.get(
+            result.outcome, result.last_step)
+        time_fs = step * self.config.sampler.timestep_fs
+        temperature = result.first_flag_temperature if result.outcome == "flagged" else \
+            result.schedule.temperature(time_fs)
+        return {"trajectory": result.trajectory, "outcome": result.outcome, "step": step, "time_fs": time_fs,
+                "temperature": temperature}
 
     def _label(self, iteration: int) -> None:
         start, waited = time.perf_counter(), self.runner.waited
@@ -454,7 +451,7 @@ class Campaign:
                          f"{os.path.join(self.out, MODEL_FILE)}")
                 return
             steps[phase](iteration)
-            if phase in ("train", "label"):
+            if phase == "label":
                 self._write_report()
 
 
@@ -480,7 +477,7 @@ def campaign_status(out: str | os.PathLike) -> dict:
     store = LabelStore(path)
     config = store.state("config") or {}
     entries = store.entries()
-    failed = store.rows(status="failed")
+    failed = sorted(store.rows(status="failed"), key=lambda row: row.mtime)
     return {
         "out": out, "iteration": store.state("iteration"), "phase": store.state("phase"),
         "finished": store.state("phase") == "finished", "stop_reason": store.state("stop_reason"),

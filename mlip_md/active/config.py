@@ -66,13 +66,14 @@ uniformly from the range.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from ase.data import atomic_masses, atomic_numbers
 from ase.units import _Nav
@@ -207,10 +208,12 @@ class CampaignConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def training_config(self, train: str) -> Config:
-        """The training configuration of an iteration whose labels are in ``train`` (split by content hash)."""
-        return Config(data=DataConfig(train=train, valid_fraction=self.retrain.valid_fraction), model=self.model,
-                      training=self.training, loss=self.loss, ensemble=self.ensemble)
+    def training_config(self, train: str, species: Optional[List[str]] = None) -> Config:
+        """The training configuration of an iteration whose labels are in ``train`` (split by content
+        hash), for a model of ``species`` (default: ``model.species``); a copy, this config is left alone."""
+        model = dataclasses.replace(self.model, species=list(species) if species else self.model.species)
+        return copy.deepcopy(Config(data=DataConfig(train=train, valid_fraction=self.retrain.valid_fraction),
+                                    model=model, training=self.training, loss=self.loss, ensemble=self.ensemble))
 
 
 def _resolve(path: Optional[str], base_directory: str, name: str) -> Optional[str]:

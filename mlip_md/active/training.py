@@ -10,6 +10,7 @@ row count, so adding labels never moves one from validation into training.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 
 from mlip_md.data.batch import GraphCache
 from mlip_md.data.dataset import Configuration, content_hash
+from mlip_md.evaluate import evaluate_configurations, evaluate_exported
 from mlip_md.export import export
 from mlip_md.train import checkpoint
 from mlip_md.train.config import Config
@@ -79,13 +81,46 @@ def member_tasks(config: Config, train: Sequence[Configuration], valid: Sequence
     return tasks
 
 
+@dataclass(frozen=True)
+class ExportTask:
+    """The members' weights to export as one ensemble file and score (an executor task: the driver
+    itself runs no model)."""
+
+    config: Config
+    states: Tuple[Dict[str, torch.Tensor], ...]
+    train: Tuple[Configuration, ...]  # for the members' reference energies, overwritten by the weights
+    valid: Tuple[Configuration, ...]
+    species: Tuple[str, ...]
+    path: str
+    metadata: dict
+    test: Optional[str]  # labelled file scored by the exported ensemble
+
+
 def export_members(config: Config, states: Sequence[Dict[str, torch.Tensor]], train: Sequence[Configuration],
                    species: Sequence[str], path: str, metadata: dict) -> str:
     """Rebuilds the members from their weights and exports them as one ensemble file."""
     members = []
-    for member, state in enumerate(states):
-        model = build_model(config, species, train, config.training.seed + 1000 * member)
-        model.load_state_dict(state)
-        members.append(model)
+    with _GLOBAL_GENERATOR:
+        for member, state in enumerate(states):
+            model = build_model(config, species, train, config.training.seed + 1000 * member)
+            model.load_state_dict(state)
+            members.append(model)
     return export(members, path, dtype=config.training.export_dtype,
                   extra_metadata={"training_config": config.to_dict(), **metadata})
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_task(task: ExportTask) -> dict:
+    """Exports the ensemble; returns its path, SHA-256 and errors on ``test`` and the validation labels
+    (the ``mlip-md eval`` JSON, or None)."""
+    path = export_members(task.config, task.states, task.train, task.species, task.path, task.metadata)
+    return {"model": path, "model_sha256": file_sha256(path),
+            "test": evaluate_exported(path, task.test) if task.test else None,
+            "valid": evaluate_configurations(path, task.valid) if task.valid else None}
