@@ -168,13 +168,13 @@ def lammps_nve(model: str, atoms: Atoms, options: DemoOptions) -> None:
 
 
 def campaign_values(data: str, options: DemoOptions) -> dict:
-    """The demo campaign's configuration: the demo's data and model, a 2-member ensemble, 32-atom cells."""
+    """The demo campaign's configuration: the demo's data (labels and MD starts) and model, 2 members."""
     return {
         "seed": options.seed,
         "oracle": {"name": "emt"},
         "initial": {"data": data},
         "sampler": {"n_trajectories": 4, "max_steps": 300, "timestep_fs": 2.0, "check_interval": 10,
-                    "n_atoms": 32, "temperature_start": [300.0, 600.0], "temperature_end": [1000.0, 1500.0]},
+                    "start": data, "temperature_start": [300.0, 600.0], "temperature_end": [1000.0, 1500.0]},
         "selection": {"forces_uncertainty": 0.1, "max_labels_per_iteration": 8},
         "retrain": {"warm_start": True},
         "stop": {"max_iterations": options.campaign_iterations},
@@ -190,8 +190,8 @@ def run_campaign_step(out: str, data: str, options: DemoOptions) -> None:
     """Step 6: a short active-learning campaign in ``out/campaign`` (resumed on a re-run)."""
     from mlip_md.active import campaign_config_from_dict, run_campaign
 
-    print(f"6. active learning: {options.campaign_iterations} round(s) of ensemble MD from disordered 32-atom "
-          "cells, EMT labels where the two members disagree by > 0.1 eV/Å, retraining")
+    print(f"6. active learning: {options.campaign_iterations} round(s) of ensemble MD heated from the data's "
+          "structures, EMT labels where the two members disagree by > 0.1 eV/Å, retraining")
     status = run_campaign(campaign_config_from_dict(campaign_values(data, options)), os.path.join(out, "campaign"))
     print(f"   labels: {status['labels']['done']} done, {status['labels']['failed']} failed; report: "
           f"{os.path.join(status['out'], 'report.json')} and report/*.png; model: {status['model']}")
