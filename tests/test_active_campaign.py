@@ -401,3 +401,15 @@ def test_molecule_campaign_with_gfn2_and_hvp_labels(tmp_path):
     rows = list(ase.db.connect(tmp_path / "out" / "labels.db").select(status="done"))
     assert all(row.formula == "C2H6O" and row.data["hvp_products"].shape == (2, 27) for row in rows)
     assert all("stress" not in row for row in rows)  # a molecule in vacuum has none
+
+
+def test_a_second_driver_in_the_same_directory_is_refused(tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".campaign.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running driver holds it
+        with pytest.raises(CampaignError, match="another campaign driver is running"):
+            run_campaign(campaign_config_from_dict(tiny()), out, log=lambda line: None)
+    assert not (out / "labels.db").exists()
