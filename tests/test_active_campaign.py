@@ -186,6 +186,11 @@ def _kill_when(process: subprocess.Popen, condition, timeout: float = 300.0) -> 
     raise AssertionError("the kill condition never held")
 
 
+def _epochs_done(member: Path) -> int:
+    log = member / "metrics.jsonl"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
 def _orphans() -> list:
     """Campaign pool workers whose driver is gone (adopted by init)."""
     orphans = []
@@ -212,6 +217,8 @@ def test_kill_9_anywhere_then_resume_loses_and_repeats_nothing(reference, tmp_pa
         ("sampling", lambda: state(out, "phase") == "sample" and state(out, "iteration") == 0),
         ("labelling", lambda: state(out, "phase") == "label"),
         ("training", member.exists),
+        ("export", lambda: all(_epochs_done(out / "iterations" / "001" / f"member_{m}") == 12 for m in (0, 1))
+         and state(out, "phase") == "train"),
     ]
     killed = []
     for name, condition in conditions:
@@ -230,7 +237,7 @@ def test_kill_9_anywhere_then_resume_loses_and_repeats_nothing(reference, tmp_pa
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert not _orphans(), "pool workers outlived their killed driver"
-    assert {"initial labelling", "sampling", "labelling", "training"} <= set(killed), killed
+    assert {"initial labelling", "sampling", "labelling", "training", "export"} <= set(killed), killed
     assert labels(out) == labels(ref_out)
     computed = Counter(log.read_text().split())
     assert max(computed.values()) == 1, "a finished label was computed again"
