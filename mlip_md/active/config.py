@@ -42,7 +42,8 @@ Sections and defaults (units: eV, Å, fs, K; relative paths are relative to the 
       relative_forces_uncertainty: null  # also flag when max_i σ_i / (|F_i| + relative_forces_floor) exceeds it
       relative_forces_floor: 1.0  # eV/Å
       max_per_trajectory: 1     # flagged frames a trajectory collects before it stops
-      max_labels_per_iteration: 16  # farthest-point sampling of the candidates down to this
+      max_labels_per_iteration: 16  # flagged frames not yet in the store, thinned to this by farthest-point
+                                # sampling on a pair-distance histogram (mlip_md.active.selection.descriptor)
     retrain:
       valid_fraction: 0.1       # share of labels held out for validation, chosen by content hash
       warm_start: false         # start members from the previous iteration's weights
