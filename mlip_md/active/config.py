@@ -236,13 +236,17 @@ def _scalar(values: Dict[str, Any]) -> Dict[str, Any]:
     return {"seed": seed, "test": test}
 
 
+def volume_at_density(mass: float, density: float) -> float:
+    """Volume (Å³) of ``mass`` (g/mol) at ``density`` (g/cm³)."""
+    return mass / (density * _Nav) * 1e24
+
+
 def packing_fraction(sampler: SamplerConfig) -> float:
     """Share of a disordered start's volume filled by spheres of diameter ``min_distance``."""
     fractions = sampler.composition
     total = sum(fractions.values())
     mass = sum(atomic_masses[atomic_numbers[e]] * f / total for e, f in fractions.items())  # g/mol per atom
-    volume_per_atom = mass / (sampler.density * _Nav) * 1e24  # Å³
-    return math.pi / 6 * sampler.min_distance**3 / volume_per_atom
+    return math.pi / 6 * sampler.min_distance**3 / volume_at_density(mass, sampler.density)
 
 
 def _sampler_checks(s: SamplerConfig) -> list:

@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from mlip_md.atomic import write_atomically
+from mlip_md.train.metrics import json_values
 
 REPORT_FILE = "report.json"
 PLOT_DIRECTORY = "report"
@@ -55,8 +56,8 @@ def write_report(out: str, entries: Sequence[dict], status: dict) -> List[str]:
     test_errors.png when some entry has test errors. Every file is written
     atomically, so a reader never sees half a report.
     """
-    entries = _json_safe(list(entries))
-    text = json.dumps({"status": _json_safe(dict(status)), "iterations": entries}, indent=2, allow_nan=False)
+    entries = json_values(list(entries))
+    text = json.dumps({"status": json_values(dict(status)), "iterations": entries}, indent=2, allow_nan=False)
 
     def write(partial: str) -> None:
         with open(partial, "w") as handle:
@@ -275,19 +276,6 @@ def _integer_ticks(axis, iterations: np.ndarray) -> None:
     """Ticks at the iterations shown; matplotlib's default puts some at halves."""
     if len(iterations) <= 20:
         axis.set_xticks(iterations, [str(int(i)) for i in iterations])
-
-
-def _json_safe(value):
-    """``value`` with non-finite floats as None and NumPy scalars and arrays as plain Python."""
-    if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _floats(values: Sequence) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import time
 import warnings
@@ -22,11 +23,11 @@ import ase.io
 import numpy as np
 from ase import Atoms, units
 from ase.data import atomic_masses, atomic_numbers
+from ase.io.jsonio import decode, encode
 from ase.md.langevin import Langevin
 from ase.neighborlist import neighbor_list
-from ase.units import _Nav
 
-from mlip_md.active.config import SamplerConfig, SelectionConfig
+from mlip_md.active.config import SamplerConfig, SelectionConfig, volume_at_density
 from mlip_md.active.selection import descriptor
 from mlip_md.calculator import CloseContactWarning, MLIPCalculator
 from mlip_md.md import thermalize_momenta
@@ -123,7 +124,7 @@ def disordered_start(sampler: SamplerConfig, rng: np.random.Generator) -> Atoms:
     counts = _element_counts(sampler.composition, n)
     symbols = [s for s, c in counts for _ in range(c)]
     mass = sum(atomic_masses[atomic_numbers[s]] for s in symbols)  # g/mol
-    box = (mass / (sampler.density * _Nav) * 1e24) ** (1.0 / 3.0)  # Å
+    box = volume_at_density(mass, sampler.density) ** (1.0 / 3.0)  # Å
     positions = _place(n, box, sampler.min_distance, sampler.periodic, rng)
     if positions is None:
         raise ValueError(
@@ -169,24 +170,14 @@ def start_structure(sampler: SamplerConfig, rng: np.random.Generator, pool: Sequ
 # -- results ----------------------------------------------------------------------------------------
 
 
-def _encode_array(array: np.ndarray) -> dict:
-    """JSON-able array: Python floats print as their shortest repr, which reads back bit for bit."""
-    array = np.asarray(array)
-    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.ravel().tolist()}
+def _json_values(values: dict) -> dict:
+    """``values`` (Atoms and arrays included) as plain JSON values, by ASE's jsonio: float64 reads back bit
+    for bit through :func:`_python_values`."""
+    return json.loads(encode(values))
 
 
-def _decode_array(encoded: dict) -> np.ndarray:
-    return np.array(encoded["data"], dtype=np.dtype(encoded["dtype"])).reshape(encoded["shape"])
-
-
-def _encode_atoms(atoms: Atoms) -> dict:
-    return {"numbers": _encode_array(atoms.numbers), "positions": _encode_array(atoms.positions),
-            "cell": _encode_array(atoms.cell[:]), "pbc": _encode_array(atoms.pbc)}
-
-
-def _decode_atoms(encoded: dict) -> Atoms:
-    return Atoms(numbers=_decode_array(encoded["numbers"]), positions=_decode_array(encoded["positions"]),
-                 cell=_decode_array(encoded["cell"]), pbc=_decode_array(encoded["pbc"]))
+def _python_values(values: dict) -> dict:
+    return decode(json.dumps(values))
 
 
 @dataclass
@@ -206,15 +197,11 @@ class Candidate:
     descriptor: np.ndarray  # (D,), selection.descriptor
 
     def to_dict(self) -> dict:
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        values.update(atoms=_encode_atoms(self.atoms), predicted_forces=_encode_array(self.predicted_forces),
-                      descriptor=_encode_array(self.descriptor))
-        return values
+        return _json_values({name: getattr(self, name) for name in self.__dataclass_fields__})
 
     @classmethod
     def from_dict(cls, d: dict) -> "Candidate":
-        return cls(**{**d, "atoms": _decode_atoms(d["atoms"]), "predicted_forces": _decode_array(d["predicted_forces"]),
-                      "descriptor": _decode_array(d["descriptor"])})
+        return cls(**_python_values(d))
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,14 +21,9 @@ from mlip_md.data.batch import GraphCache
 from mlip_md.data.dataset import Configuration, content_hash
 from mlip_md.evaluate import evaluate_configurations, evaluate_exported
 from mlip_md.export import export
-from mlip_md.train import checkpoint
 from mlip_md.train.config import Config
 from mlip_md.train.splits import DataSplit, check_data
-from mlip_md.train.trainer import MemberRun, build_model
-
-# Members initialise their weights from torch's global generator after seeding it: with a thread-based
-# executor two members must not do so at the same time.
-_GLOBAL_GENERATOR = threading.Lock()
+from mlip_md.train.trainer import build_model, train_member
 
 
 @dataclass(frozen=True)
@@ -59,14 +53,8 @@ def data_split(config: Config, train: Sequence[Configuration], valid: Sequence[C
 def train_member_task(task: MemberTask) -> Dict[str, torch.Tensor]:
     """Trains (or resumes, or finds finished) one member; returns its best weights (a state dict)."""
     data = data_split(task.config, task.train, task.valid, task.species)
-    with _GLOBAL_GENERATOR:
-        run = MemberRun(task.config, data, task.member, task.directory)
-    if task.warm_start and not os.path.exists(run.checkpoint_path):
-        run.model.load_state_dict(checkpoint.load(task.warm_start)["model"])
-    run.resume()
-    while not run.finished():
-        run.run_epoch()
-    return run.best_model().state_dict()
+    model = train_member(task.config, data, task.member, task.directory, initial_weights=task.warm_start)
+    return model.state_dict()
 
 
 def member_tasks(config: Config, train: Sequence[Configuration], valid: Sequence[Configuration],
@@ -100,11 +88,10 @@ def export_members(config: Config, states: Sequence[Dict[str, torch.Tensor]], tr
                    species: Sequence[str], path: str, metadata: dict) -> str:
     """Rebuilds the members from their weights and exports them as one ensemble file."""
     members = []
-    with _GLOBAL_GENERATOR:
-        for member, state in enumerate(states):
-            model = build_model(config, species, train, config.training.seed + 1000 * member)
-            model.load_state_dict(state)
-            members.append(model)
+    for member, state in enumerate(states):
+        model = build_model(config, species, train, config.training.seed + 1000 * member)
+        model.load_state_dict(state)
+        members.append(model)
     return export(members, path, dtype=config.training.export_dtype,
                   extra_metadata={"training_config": config.to_dict(), **metadata})
 

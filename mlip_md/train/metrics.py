@@ -119,12 +119,15 @@ def evaluate(
 
 
 def json_values(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by ``None``, so that JSON stays strict."""
+    """``value`` with every non-finite float replaced by ``None`` and NumPy scalars and arrays made plain
+    Python, so that JSON stays strict."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {key: json_values(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return [json_values(item) for item in value]
     return value
 

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 import os
+import threading
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -48,16 +49,22 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # A run that keeps producing non-finite steps is failing, whatever the learning rate.
 MAX_ROLLBACKS = 50
 SETS = ("train", "valid", "test")
+_GLOBAL_GENERATOR = threading.Lock()
 
 
 def build_model(config: Config, species: Sequence[str], train: Sequence[Configuration], seed: int) -> HIPNN:
-    """A fresh HIP-NN (seeded) with reference energies fit by least squares on ``train``."""
-    torch.manual_seed(seed)
+    """A fresh HIP-NN (seeded) with reference energies fit by least squares on ``train``.
+
+    Thread-safe: the weights come from torch's global generator after seeding
+    it, so two threads (members on a thread-pool executor) take turns.
+    """
     m = config.model
-    model = HIPNN(
-        list(species), m.n_interactions, m.n_features, m.n_sensitivities, m.n_atom_layers,
-        m.cutoff, m.dist_soft_min, m.dist_soft_max, m.activation,
-    )
+    with _GLOBAL_GENERATOR:
+        torch.manual_seed(seed)
+        model = HIPNN(
+            list(species), m.n_interactions, m.n_features, m.n_sensitivities, m.n_atom_layers,
+            m.cutoff, m.dist_soft_min, m.dist_soft_max, m.activation,
+        )
     with torch.no_grad():
         model.reference_energies.copy_(torch.from_numpy(fit_reference_energies(train, species)))
     return model.to(DTYPES[config.training.dtype])
@@ -248,11 +255,18 @@ def _postfix(record: dict) -> Dict[str, str]:
 
 
 def train_member(
-    config: Config, data: DataSplit, member: int, directory: str, show_progress: bool = False
+    config: Config, data: DataSplit, member: int, directory: str, show_progress: bool = False,
+    initial_weights: Optional[str] = None,
 ) -> HIPNN:
     """Trains ensemble member ``member`` in ``directory`` (resuming from its checkpoint if present)
-    and returns the model with its best weights (see :class:`MemberRun` for the files)."""
+    and returns the model with its best weights (see :class:`MemberRun` for the files).
+
+    ``initial_weights``: a checkpoint (``best.pt``) whose weights a new run starts from (a warm start);
+    ignored when resuming.
+    """
     run = MemberRun(config, data, member, directory)
+    if initial_weights and not os.path.exists(run.checkpoint_path):
+        run.model.load_state_dict(checkpoint.load(initial_weights)["model"])
     run.resume()
     progress = tqdm(total=config.training.max_epochs, initial=run.state["epoch"], desc=f"member {member}",
                     disable=not show_progress)
