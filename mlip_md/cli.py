@@ -45,13 +45,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    """Writes a labelled data set: EMT aluminium or a GFN2-xTB molecule."""
-    from mlip_md.data.generate import check_data_path, generate_aluminium, generate_molecule, write_images
+    """Writes a labelled data set: EMT aluminium, small EMT metal cells or a GFN2-xTB molecule."""
+    from mlip_md.data.generate import (
+        check_data_path, generate_aluminium, generate_molecule, generate_small_cells, write_images,
+    )
 
     check_data_path(args.out)
     _writable_directory(os.path.dirname(os.path.abspath(args.out)), "the directory of --out")
     if args.system == "aluminium":
         images = generate_aluminium(args.n, seed=args.seed, temperatures=args.temperatures)
+    elif args.system == "small-cells":
+        images = generate_small_cells(args.n, seed=args.seed, symbols=args.elements)
     else:
         # The entry point owns its process: tblite's OpenMP threads stall on small machines.
         os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -64,12 +68,23 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Trains the models of a YAML configuration and exports them to OUT/model.pt."""
+    """Trains the models of a YAML configuration and exports them to OUT/model.pt; under ``torchrun``
+    the processes train together (rank 0 writes the files and prints)."""
+    from mlip_md.train import distributed
     from mlip_md.train.config import load_config
     from mlip_md.train.trainer import train
 
-    summary = train(load_config(args.config), _writable_directory(args.out))
-    print(json.dumps({"model": summary["model"], "test": summary["members"][0]["test"]}, indent=2))
+    config = load_config(args.config)
+    group = distributed.from_environment()
+    try:
+        # The entry point owns its process: its share of the node's cores, as many threads.
+        distributed.set_threads(distributed.threads_per_process(config.training.threads, group.local_size))
+        out = _writable_directory(args.out) if group.is_main else args.out
+        summary = train(config, out, group=group)
+    finally:
+        distributed.close(group)
+    if group.is_main:
+        print(json.dumps({"model": summary["model"], "test": summary["members"][0]["test"]}, indent=2))
     return 0
 
 
@@ -158,10 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_demo_parser(commands)
     generate = commands.add_parser("generate", help="make an example labelled data set with a reference calculator")
-    generate.add_argument("system", choices=["aluminium", "molecule"],
-                          help="aluminium: fcc Al labelled with ASE's EMT; molecule: GFN2-xTB MD frames (tblite)")
+    generate.add_argument("system", choices=["aluminium", "small-cells", "molecule"],
+                          help="aluminium: fcc Al labelled with ASE's EMT; small-cells: compressed, strained, "
+                               "rattled fcc/bcc/sc/hcp cells of 1-16 atoms (edges down to ~2 Å, far below a "
+                               "6 Å cutoff), labelled with EMT; molecule: GFN2-xTB MD frames (tblite)")
     generate.add_argument("--molecule", default="CH3CH2OH", help="ASE G2 molecule name (default CH3CH2OH)")
     generate.add_argument("--no-hessians", action="store_true", help="molecule: skip finite-difference Hessians")
+    generate.add_argument("--elements", nargs="+", default=["Al"], metavar="SYMBOL",
+                          help="small-cells: the metals, one per cell in turn (default Al; EMT knows Al Cu Ag "
+                               "Au Ni Pd Pt)")
     generate.add_argument("--n", type=int, default=500, help="number of configurations (default 500)")
     generate.add_argument("--out", default="data/aluminium.extxyz",
                           help="output file: .extxyz, .xyz, .traj or .db (format from the ending)")

@@ -73,7 +73,8 @@ def test_a_finished_run_resumes_without_training(started):
 
 def test_an_early_stopped_run_stays_stopped_until_patience_grows(tmp_path):
     data = write_cells(tmp_path / "cells.extxyz", n=24, seed=0)
-    training = {"max_epochs": 9, "early_stopping_patience": 1}
+    # Raw weights and a high learning rate: a curve that does not improve at every epoch.
+    training = {"max_epochs": 9, "early_stopping_patience": 1, "ema_decay": 0.0, "learning_rate": 0.02}
     _run(data, tmp_path / "run", training=training)
     stopped = _epochs(tmp_path / "run" / "member_0")
     assert len(stopped) < 9  # this data and seed stop early: one epoch without improvement

@@ -99,8 +99,10 @@ def test_non_finite_loss_is_recovered(aluminium, tmp_path, monkeypatch):
     config = _config(aluminium, max_epochs=2)
     data = load_data(config)
     clean = list(data.train.configurations)
-    original = trainer.build_model
+    original, original_fit = trainer.build_model, trainer.fit_offsets
     monkeypatch.setattr(trainer, "build_model", lambda c, s, train, seed: original(c, s, clean, seed))
+    monkeypatch.setattr(trainer, "fit_offsets", lambda model, cache, species_map, batch_size: original_fit(
+        model, GraphCache(clean, cache.cutoff), species_map, batch_size))
     data.train.configurations[3] = dataclasses.replace(clean[3], energy=float("nan"))
     model = train_member(config, data, 0, str(tmp_path / "nan"))
     records = [json.loads(line) for line in open(tmp_path / "nan" / "metrics.jsonl")]
@@ -450,9 +452,59 @@ def test_train_epoch_alone_is_reproducible_and_rolls_back(cells):
             configurations = list(cache.configurations)
             configurations[0] = dataclasses.replace(configurations[0], energy=float("nan"))
             cache = GraphCache(configurations, cache.cutoff)
-        rollbacks = train_epoch(config, model, optimizer, cache, species_map, member=0, epoch=0)
+        rollbacks, errors = train_epoch(config, model, optimizer, cache, species_map, member=0, epoch=0)
         assert rollbacks == int(poisoned)
+        assert all(np.isfinite(value) for value in errors.values())
         assert optimizer.param_groups[0]["lr"] == 0.005 * (0.5 if poisoned else 1.0)
         weights.append(torch.cat([p.detach().ravel() for p in model.parameters()]))
     assert torch.equal(weights[0], weights[1]) and torch.isfinite(weights[2]).all()
     assert not torch.equal(weights[0], weights[2])
+
+
+def test_default_training_leaves_no_energy_offset(tmp_path):
+    """The default loss and weight average leave no constant per-atom energy error (energy and force
+    RMSE terms left one of tens of meV/atom that changed sign from epoch to epoch)."""
+    from mlip_md.species import SpeciesMap
+    from mlip_md.train.metrics import predict_set
+
+    path = write_images(generate_aluminium(60, seed=11), tmp_path / "al.extxyz")
+    config = config_from_dict({
+        "data": {"train": str(path), "valid_fraction": 0.2, "test_fraction": 0.2},
+        "model": SMALL_MODEL,
+        "training": {"max_epochs": 40, "batch_size": 6},
+    })
+    data = load_data(config)
+    model = train_member(config, data, 0, str(tmp_path / "run"))
+    for name, limit in (("train", 1e-3), ("valid", 2e-3)):
+        p = predict_set(model, getattr(data, name), SpeciesMap(data.species), batch_size=8)
+        errors = p.energy_per_atom - p.reference_energy_per_atom
+        print(f"\n{name}: mean energy error {1000 * errors.mean():+.2f} meV/atom, MAE {1000 * abs(errors).mean():.2f}")
+        assert abs(errors.mean()) <= limit, name
+
+
+def test_reference_energies_start_from_what_the_network_leaves(cells):
+    """Before training, the reference energies absorb the untrained network's mean energy: the fit's
+    atom-count-weighted residual vanishes (least squares with one element)."""
+    from mlip_md.species import SpeciesMap
+    from mlip_md.train.metrics import predict_set
+    from mlip_md.train.trainer import fit_offsets
+
+    config = config_from_dict(tiny_config(cells))
+    data = load_data(config)
+    species_map = SpeciesMap(data.species)
+    model = build_model(config, data.species, data.train.configurations, seed=0)
+    before = predict_set(model, data.train, species_map, 8)
+    fit_offsets(model, data.train, species_map, 8)
+    after = predict_set(model, data.train, species_map, 8)
+    residual = after.energy - after.reference_energy
+    assert abs(np.sum(after.n_atoms * residual)) <= 1e-9 * np.sum(after.n_atoms * abs(after.reference_energy))
+    assert abs(residual.mean()) < abs((before.energy - before.reference_energy).mean())
+
+
+def test_energy_only_loss_skips_forces(cells, tmp_path):
+    """With every force weight 0 the trainer computes no forces; validation still reports them."""
+    config = config_from_dict(tiny_config(cells, loss={"forces_mse": 0.0}))
+    train_member(config, load_data(config), 0, str(tmp_path / "run"))
+    record = json.loads(open(tmp_path / "run" / "metrics.jsonl").readlines()[-1])
+    assert record["train"]["forces_rmse"] is None and record["train"]["energy_rmse"] > 0
+    assert record["valid"]["forces_rmse"] > 0 and record["seconds"] > 0

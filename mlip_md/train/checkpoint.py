@@ -20,8 +20,10 @@ from mlip_md.atomic import write_atomically
 from mlip_md.train.config import Config
 from mlip_md.train.errors import ResumeError
 
-# Settings a resumed run may change: the length of the run and the export precision.
-RESUMABLE = ("training.max_epochs", "training.early_stopping_patience", "training.export_dtype")
+# Settings a resumed run may change: the length of the run, the export precision, how often validation
+# Hessians are computed and how the work is spread over processes and threads.
+RESUMABLE = ("training.max_epochs", "training.early_stopping_patience", "training.export_dtype",
+             "training.valid_hessian_every", "training.workers", "training.threads")
 # Where the data lie; the fingerprint compares what they contain, so moved files still resume.
 DATA_PATHS = ("data.train", "data.test")
 

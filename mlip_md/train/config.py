@@ -34,10 +34,18 @@ Sections and defaults (units: eV, Å)::
       hessian_mode: probes      # probes: projected Hessian-vector products; full: whole Hessians
       n_probes: 1               # probe vectors per configuration and minibatch (probes mode)
       probe_kind: rademacher    # rademacher, gaussian or onehot (one Hessian column)
+      ema_decay: 0.99           # exponential moving average of the weights (0: off); the
+                                # averaged weights are validated, kept as best and exported
+      valid_hessian_every: 10   # full validation Hessians every k epochs (and the first, last)
+      workers: 1                # ensemble members trained at once, one process each
+      threads: null             # torch threads per training process; null: the CPU
+                                # cores divided among the processes on the node
     loss:                       # weights of the loss terms
-      energy_rmse: 1.0          # per-atom energy RMSE, eV/atom
+      energy_mse: 1.0           # mean squared per-atom energy error, (eV/atom)²
+      energy_rmse: 0.0          # its square root, eV/atom
       energy_mae: 0.0
-      forces_rmse: 1.0          # force-component RMSE, eV/Å
+      forces_mse: 1.0           # mean squared force-component error, (eV/Å)²
+      forces_rmse: 0.0          # its square root, eV/Å
       forces_mae: 0.0
       hierarchicality: 0.0      # the HIP-NN hierarchicality regulariser
       l2: 0.0                   # sum of squared weights
@@ -51,6 +59,14 @@ Numbers must be finite (``.inf`` and ``.nan`` are refused). A float key also
 takes a numeric string: YAML 1.1, which PyYAML reads, leaves ``1e-3`` and
 ``1.0e6`` (no dot, or no sign in the exponent) as strings, so they are
 converted with ``float``; integer keys take integers only.
+
+Why mean squared errors by default: the gradient of an RMSE term has the same
+size however small the error, so Adam keeps pushing the per-atom energy's
+constant mode back and forth by about the learning rate times the summed
+read-out features at every step; with energy and force RMSEs the validation
+energy wandered by tens of meV/atom from epoch to epoch, as an offset. Squared
+errors pull in proportion to the error, and the weight average (``ema_decay``)
+removes the optimiser's remaining step-to-step noise.
 
 A run directory resumes only under the configuration it was started with;
 ``training.max_epochs`` (to extend a run), ``training.early_stopping_patience``
@@ -111,13 +127,19 @@ class TrainingConfig:
     hessian_mode: str = "probes"
     n_probes: int = 1
     probe_kind: str = "rademacher"
+    ema_decay: float = 0.99
+    valid_hessian_every: int = 10
+    workers: int = 1
+    threads: Optional[int] = None
 
 
 @dataclass
 class LossConfig:
-    energy_rmse: float = 1.0
+    energy_mse: float = 1.0
+    energy_rmse: float = 0.0
     energy_mae: float = 0.0
-    forces_rmse: float = 1.0
+    forces_mse: float = 1.0
+    forces_rmse: float = 0.0
     forces_mae: float = 0.0
     hierarchicality: float = 0.0
     l2: float = 0.0
@@ -257,6 +279,10 @@ def _checks(config: Config) -> List[tuple]:
         (training.n_probes >= 1, "training.n_probes must be at least 1"),
         (training.probe_kind in ("rademacher", "gaussian", "onehot"),
          "training.probe_kind must be rademacher, gaussian or onehot"),
+        (0 <= training.ema_decay < 1, "training.ema_decay must be in [0, 1)"),
+        (training.valid_hessian_every >= 1, "training.valid_hessian_every must be at least 1"),
+        (training.workers >= 1, "training.workers must be at least 1"),
+        (training.threads is None or training.threads >= 1, "training.threads must be null or at least 1"),
         (config.ensemble.size >= 1, "ensemble.size must be at least 1"),
     ]
 

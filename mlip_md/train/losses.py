@@ -9,7 +9,7 @@ pass per probe instead of 3N for a full Hessian. H_θ v = ∇_x(∇_x E · v).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 import torch
 
@@ -21,37 +21,64 @@ PROBE_KINDS = ("rademacher", "gaussian", "onehot")
 
 class Predictions(NamedTuple):
     energy: torch.Tensor  # [B] eV
-    forces: torch.Tensor  # [N, 3] eV/Å
+    forces: Optional[torch.Tensor]  # [N, 3] eV/Å (None when not asked for)
     level_totals: torch.Tensor  # [n_levels, B] eV, per-level energy of each structure
     positions: torch.Tensor  # [N, 3] the leaf the forces were taken against
 
 
-def predict(model: HIPNN, batch: Batch, create_graph: bool = True) -> Predictions:
+def predict(model: HIPNN, batch: Batch, create_graph: bool = True, forces: bool = True) -> Predictions:
     """Energies, forces and per-level energies of every structure in ``batch``.
 
     ``create_graph=True`` keeps the graph of the forces, for force losses
     (and Hessian-vector products) to be differentiated in training.
+    ``forces=False`` skips them (energy-only training).
     """
-    positions = batch.positions.detach().requires_grad_(True)
+    positions = batch.positions.detach().requires_grad_(forces)
     layout = model.neighbor_layout(batch.species, batch.edge_index, batch.edge_vectors(positions))
     levels = model.level_energies(layout)  # [n_levels, N]
     level_totals = levels.new_zeros(levels.shape[0], batch.n_structures).index_add_(1, batch.structure, levels)
     energy = level_totals.sum(0)
+    if not forces:
+        return Predictions(energy, None, level_totals, positions)
     (gradient,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
     return Predictions(energy, -gradient, level_totals, positions)
 
 
+def error_sums(predictions: Predictions, batch: Batch) -> Dict[str, torch.Tensor]:
+    """Sums over a batch of squared and absolute errors, with the counts they are averages over.
+
+    Keys: ``energy_sq``, ``energy_abs`` (per-atom energy errors, eV/atom, over
+    structures), ``forces_sq``, ``forces_abs`` (force components, eV/Å) and the
+    counts ``n_energy``, ``n_forces`` (0 without force labels). Sums rather
+    than means, so that the parts of a batch split across processes add up.
+    """
+    energy_error = (predictions.energy - batch.energy) / batch.n_atoms
+    zero = energy_error.new_zeros(())
+    sums = {
+        "energy_sq": energy_error.square().sum(),
+        "energy_abs": energy_error.abs().sum(),
+        "n_energy": zero + batch.n_structures,
+        "forces_sq": zero,
+        "forces_abs": zero,
+        "n_forces": zero,
+    }
+    if batch.forces is not None and predictions.forces is not None:
+        force_error = predictions.forces - batch.forces
+        sums.update(forces_sq=force_error.square().sum(), forces_abs=force_error.abs().sum(),
+                    n_forces=zero + force_error.numel())
+    return sums
+
+
 def energy_force_errors(predictions: Predictions, batch: Batch) -> dict:
     """Per-atom energy errors (eV/atom) and force-component errors (eV/Å) as RMSE and MAE tensors."""
-    energy_error = (predictions.energy - batch.energy) / batch.n_atoms
+    sums = error_sums(predictions, batch)
     errors = {
-        "energy_rmse": energy_error.square().mean().sqrt(),
-        "energy_mae": energy_error.abs().mean(),
+        "energy_rmse": (sums["energy_sq"] / sums["n_energy"]).sqrt(),
+        "energy_mae": sums["energy_abs"] / sums["n_energy"],
     }
-    if batch.forces is not None:
-        force_error = predictions.forces - batch.forces
-        errors["forces_rmse"] = force_error.square().mean().sqrt()
-        errors["forces_mae"] = force_error.abs().mean()
+    if sums["n_forces"] > 0:
+        errors["forces_rmse"] = (sums["forces_sq"] / sums["n_forces"]).sqrt()
+        errors["forces_mae"] = sums["forces_abs"] / sums["n_forces"]
     return errors
 
 
