@@ -84,16 +84,70 @@ def _check_units(atoms: Atoms, source: str) -> None:
             )
 
 
+# A full Hessian label H is [3N, 3N] eV/Å²; row and column 3a + c are axis c (x, y, z) of atom a,
+# as in HIPNN.position_hessian. Where it may sit, and its layout there:
+#   atoms.info["hessian"], a database row's data["hessian"]: the (3N)² values, flat or [3N, 3N], C order;
+#   atoms.arrays["hessian"] (an extended XYZ per-atom column): [N, 9N], row a = H[3a:3a + 3].ravel(),
+#   the row block of atom a, so the array is H.reshape(N, 9N) and H is array.reshape(3N, 3N).
+HESSIAN_KEY = "hessian"
+# Two places agree when their values differ by at most this (eV/Å²): extended XYZ writes
+# per-atom columns with 8 decimals, info values in full.
+HESSIAN_AGREEMENT = 1e-8
+
+
+def _hessian_places(atoms: Atoms, extra: dict, source: str) -> dict:
+    """Every Hessian label of ``atoms`` (place name → ``[3N, 3N]`` eV/Å²); LabelError for a wrong shape or NaN."""
+    size, n_atoms = 3 * len(atoms), len(atoms)
+    found = {}
+    for place, value in ((f"info[{HESSIAN_KEY!r}]", atoms.info.get(HESSIAN_KEY)),
+                         (f"data[{HESSIAN_KEY!r}]", extra.get(HESSIAN_KEY))):
+        if value is not None:
+            value = np.asarray(value, dtype=np.float64)
+            if value.size != size * size:
+                raise LabelError(f"{source}: {place} has {value.size} values, expected {size * size}: "
+                                 f"the ({size}, {size}) Hessian, flat or square")
+            found[place] = value.reshape(size, size)
+    if HESSIAN_KEY in atoms.arrays:
+        place, value = f"arrays[{HESSIAN_KEY!r}]", np.asarray(atoms.arrays[HESSIAN_KEY], dtype=np.float64)
+        if value.shape != (n_atoms, 3 * size):
+            raise LabelError(f"{source}: {place} has shape {value.shape}, expected ({n_atoms}, {3 * size}): "
+                             f"row a holds rows 3a..3a+2 of the ({size}, {size}) Hessian")
+        found[place] = value.reshape(size, size)
+    for place, value in found.items():
+        if not np.isfinite(value).all():
+            raise LabelError(f"{source}: {place} contains NaN or inf")
+    return found
+
+
+def hessian_label(atoms: Atoms, extra: Optional[dict] = None, source: str = "memory") -> Optional[np.ndarray]:
+    """The full Hessian label of ``atoms``, ``[3N, 3N]`` eV/Å², or None if it has none.
+
+    Read from ``atoms.info["hessian"]``, ``extra["hessian"]`` (an ASE
+    database row's ``data``) or ``atoms.arrays["hessian"]`` (``[N, 9N]``), in
+    the layouts described at :data:`HESSIAN_KEY`. Raises :class:`LabelError`
+    naming ``source`` for a wrong shape, NaN or inf, or for two places whose
+    values differ by more than :data:`HESSIAN_AGREEMENT`; when they agree the
+    first of info, data, arrays is returned.
+    """
+    found = _hessian_places(atoms, extra or {}, source)
+    if not found:
+        return None
+    (first, hessian), *others = found.items()
+    for place, value in others:
+        difference = np.abs(value - hessian).max()
+        if difference > HESSIAN_AGREEMENT:
+            raise LabelError(f"{source}: the Hessians in {first} and {place} differ (by up to {difference:.3g} "
+                             "eV/Å²); keep one")
+    return hessian
+
+
 def _hessian_labels(atoms: Atoms, extra: dict, source: str) -> dict:
-    """Full Hessian (``info``/``data`` key ``hessian``, flat or square) and stored HVP pairs."""
+    """The full Hessian (:func:`hessian_label`) and stored HVP pairs (a row's ``data``), as Configuration fields."""
     size = 3 * len(atoms)
     labels = {}
-    hessian = atoms.info.get("hessian", extra.get("hessian"))
+    hessian = hessian_label(atoms, extra, source)
     if hessian is not None:
-        hessian = np.asarray(hessian, dtype=np.float64)
-        if hessian.size != size * size:
-            raise LabelError(f"{source}: hessian has {hessian.size} elements, expected ({size}, {size})")
-        labels["hessian"] = hessian.reshape(size, size)
+        labels["hessian"] = hessian
     if "hvp_probes" in extra or "hvp_products" in extra:
         probes = np.asarray(extra.get("hvp_probes"), dtype=np.float64)
         products = np.asarray(extra.get("hvp_products"), dtype=np.float64)
@@ -101,10 +155,9 @@ def _hessian_labels(atoms: Atoms, extra: dict, source: str) -> dict:
             raise LabelError(
                 f"{source}: hvp_probes {probes.shape} and hvp_products {products.shape} must both be (P, {size})"
             )
+        if not (np.isfinite(probes).all() and np.isfinite(products).all()):
+            raise LabelError(f"{source}: hvp_probes or hvp_products contain NaN or inf")
         labels.update(hvp_probes=probes, hvp_products=products)
-    for name, value in labels.items():
-        if not np.isfinite(value).all():
-            raise LabelError(f"{source}: {name} contains NaN or inf")
     return labels
 
 
@@ -182,10 +235,13 @@ def read_configurations(
 
     Labels come from ``atoms.info[energy_key]`` / ``atoms.arrays[forces_key]``
     or from the attached (single-point) calculator, as ASE stores them in
-    extended XYZ files and databases. Optional Hessian labels: ``hessian``
-    (``(3N)²`` values, eV/Å²) in ``atoms.info`` or in an ASE database row's
-    ``data``, and stored probe pairs ``hvp_probes``/``hvp_products``
-    (``[P, 3N]``) in a row's ``data``. Declared units (``info`` keys
+    extended XYZ files and databases. Optional Hessian labels (eV/Å², row
+    3a + c is axis c of atom a): ``hessian`` in ``atoms.info`` or an ASE
+    database row's ``data`` (``(3N)²`` values, flat or ``[3N, 3N]``), or in
+    ``atoms.arrays`` (an extended XYZ per-atom column, ``[N, 9N]``: row a is
+    rows 3a..3a+2 of H, i.e. ``H.reshape(N, 9N)``); see :func:`hessian_label`.
+    Stored probe pairs ``hvp_probes``/``hvp_products`` (``[P, 3N]``) come from
+    a row's ``data``. Declared units (``info`` keys
     ``energy_unit``, ``length_unit``, ``forces_unit``) must be eV and Å and
     the same in every configuration. Raises FileNotFoundError,
     :class:`DataFileError` (a directory, an empty file, a file ASE cannot

@@ -2,10 +2,12 @@
 
 Aluminium is labelled with ASE's EMT: rattled and strained fcc cells,
 vacancies, surfaces and molecular-dynamics snapshots at several temperatures,
-30–108 atoms each; molecules with GFN2-xTB (tblite). Every image is labelled by
-:func:`mlip_md.data.labels.label` (energy, forces, stress of periodic cells,
-optionally a Hessian), and :func:`write_images` stores the labels so that
-:func:`mlip_md.data.read_configurations` reads them back.
+30–108 atoms each; so are small compressed cells of EMT metals (1–16 atoms,
+cells narrower than a model's cutoff); molecules with GFN2-xTB (tblite).
+Every image is labelled by :func:`mlip_md.data.labels.label` (energy, forces,
+stress of periodic cells, optionally a Hessian), and :func:`write_images`
+stores the labels so that :func:`mlip_md.data.read_configurations` reads them
+back.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import numpy as np
 from ase import Atoms, units
 from ase.build import bulk, fcc100, fcc111
 from ase.calculators.emt import EMT
+from ase.data import atomic_numbers, reference_states
 from ase.db.core import check as check_database_keys
 from ase.md.langevin import Langevin
 
 from mlip_md.atomic import write_atomically
+from mlip_md.data.dataset import HESSIAN_KEY, hessian_label
 from mlip_md.data.labels import label
 from mlip_md.md import thermalize_momenta
 
@@ -113,6 +117,70 @@ def generate_aluminium(
     return images
 
 
+SMALL_CELL_LATTICES = ("fcc", "bcc", "sc", "hcp")  # ASE structure names; primitive cells of 1 or 2 (hcp) atoms
+EMT_METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")  # the metals ASE's EMT parametrises
+
+
+def _small_cell(symbol: str, rng: np.random.Generator, max_atoms: int) -> Atoms:
+    """A compressed, strained, rattled periodic cell of ``symbol`` with 1 to ``max_atoms`` atoms.
+
+    The lattice (fcc, bcc, sc, hcp, primitive) keeps the metal's fcc volume per
+    atom, scaled by 0.7–1.0; repeats of the primitive cell give up to
+    ``max_atoms`` atoms; a symmetric strain of up to ±8 % and a rattle of
+    0–0.2 Å follow. Cell edges reach down to about 2 Å.
+    """
+    lattice = SMALL_CELL_LATTICES[rng.integers(len(SMALL_CELL_LATTICES))]
+    volume = reference_states[atomic_numbers[symbol]]["a"] ** 3 / 4 * rng.uniform(0.7, 1.0)  # Å³ per atom
+    if lattice == "hcp":
+        # Ideal c/a = √(8/3): the cell's volume per atom is (√3/4) a² c = a³/√2.
+        a = (volume * np.sqrt(2.0)) ** (1 / 3)
+        atoms = bulk(symbol, "hcp", a=a, c=a * np.sqrt(8 / 3))
+    else:
+        per_cubic_cell = {"fcc": 4, "bcc": 2, "sc": 1}[lattice]
+        atoms = bulk(symbol, lattice, a=(volume * per_cubic_cell) ** (1 / 3))
+    repeats = [1, 1, 1]
+    while True:  # grow along random directions while the cell stays within max_atoms
+        trial = list(repeats)
+        trial[rng.integers(3)] += 1
+        if len(atoms) * np.prod(trial) > max_atoms or rng.random() < 0.3:
+            break
+        repeats = trial
+    atoms = atoms * tuple(repeats)
+    strain = rng.uniform(-0.08, 0.08, (3, 3))
+    atoms.set_cell(atoms.cell[:] @ (np.eye(3) + 0.5 * (strain + strain.T)), scale_atoms=True)
+    atoms.rattle(rng.uniform(0.0, 0.2), seed=int(rng.integers(2**31)))
+    atoms.info["kind"] = f"small_{lattice}"
+    return atoms
+
+
+def generate_small_cells(
+    n_configurations: int, seed: int = 0, symbols: Sequence[str] = ("Al",), max_atoms: int = 16
+) -> List[Atoms]:
+    """``n_configurations`` EMT-labelled small periodic cells of 1 to ``max_atoms`` atoms.
+
+    fcc, bcc, sc and hcp cells of the metals ``symbols`` (any of
+    :data:`EMT_METALS`; one per cell, in turn), compressed to 0.7–1.0 of the
+    fcc volume, strained and rattled (see :func:`_small_cell`): cell edges
+    down to ~2 Å, far below a typical 6 Å cutoff, so every atom sees many
+    images of itself (the atom of a 1-atom cell sees nothing else, and its
+    force is zero for EMT and for any model), and forces up to ~15 eV/Å. A
+    hard case for training. The result depends only on the arguments.
+    """
+    if n_configurations < 1:
+        raise ValueError(f"n_configurations must be positive, got {n_configurations}")
+    if max_atoms < 2:
+        raise ValueError(f"max_atoms must be at least 2 (an hcp cell has 2 atoms), got {max_atoms}")
+    unknown = sorted(set(symbols) - set(EMT_METALS))
+    if unknown or not symbols:
+        raise ValueError(f"symbols must be EMT metals, one or more of {', '.join(EMT_METALS)}; got {list(symbols)}")
+    rng = np.random.default_rng(seed)
+    images = []
+    for k in range(n_configurations):
+        atoms = _small_cell(symbols[k % len(symbols)], rng, max_atoms)
+        images.append(label(atoms, EMT()))
+    return images
+
+
 def check_data_path(path: str | os.PathLike) -> str:
     """The ASE format :func:`write_images` uses for ``path``, from its ending.
 
@@ -146,14 +214,33 @@ def _database_fields(info: dict) -> Tuple[dict, dict]:
     return pairs, {key: value for key, value in info.items() if key not in pairs}
 
 
+def _hessian_in_info(atoms: Atoms, source: str) -> Atoms:
+    """``atoms``, or a copy with its per-atom Hessian (``arrays["hessian"]``, ``[N, 9N]``) in ``info``, flat.
+
+    Extended XYZ writes ``info`` arrays in full but per-atom columns with 8
+    decimals; trajectories and databases drop unknown per-atom arrays.
+    """
+    if HESSIAN_KEY not in atoms.arrays:
+        return atoms
+    hessian = hessian_label(atoms, source=source)  # LabelError for a wrong shape or a disagreeing info Hessian
+    moved = atoms.copy()
+    moved.calc = atoms.calc
+    del moved.arrays[HESSIAN_KEY]
+    moved.info[HESSIAN_KEY] = hessian.ravel()
+    return moved
+
+
 def write_images(images: Sequence[Atoms], path: str | os.PathLike) -> str:
     """Writes labelled images (extended XYZ, trajectory or ASE database, by ending); returns the absolute path.
 
     Atomic (:func:`mlip_md.atomic.write_atomically`). A database keeps each
     image's ``info`` too (scalars as key-value pairs, arrays such as the
-    Hessian in the row's ``data``), which ``ase.io.write`` would drop.
+    Hessian in the row's ``data``), which ``ase.io.write`` would drop. Hessian
+    labels are written as ``info["hessian"]`` (flat ``(3N)²``, eV/Å², full
+    precision), also those given per atom in ``arrays["hessian"]`` (``[N, 9N]``).
     """
     file_format = check_data_path(path)
+    images = [_hessian_in_info(atoms, f"{path}[{k}]") for k, atoms in enumerate(images)]
 
     def write(partial: str) -> None:
         if file_format != "db":

@@ -19,7 +19,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 # Keys a previous calculation may have left in info/arrays; they would shadow the new labels.
 _STALE_INFO = ("energy", "free_energy", "stress", "virial", "hessian")
-_STALE_ARRAYS = ("forces",)
+_STALE_ARRAYS = ("forces", "hessian")
 # What a failing reference calculator raises (ASE's CalculationFailed is a RuntimeError);
 # anything else is a programming error and propagates unchanged.
 _CALCULATOR_ERRORS = (RuntimeError, ValueError, ArithmeticError, OSError)

@@ -40,29 +40,54 @@ def _elements(configurations: Sequence[Configuration]) -> Set[str]:
     return {chemical_symbols[z] for c in configurations for z in np.unique(c.numbers)}
 
 
-def _check_hessian_labels(configurations: Sequence[Configuration]) -> None:
-    """Hessian training needs one kind of Hessian label (full, or HVP pairs) on every training configuration."""
-    unlabelled = [c.source for c in configurations if c.hessian is None and c.hvp_probes is None]
-    if unlabelled:
+def _unlabelled(configurations: Sequence[Configuration]) -> List[str]:
+    """Sources of the configurations with neither a full Hessian nor HVP pairs."""
+    return [c.source for c in configurations if c.hessian is None and c.hvp_probes is None]
+
+
+def _check_hessian_labels(required: Dict[str, Sequence[Configuration]],
+                          optional: Dict[str, Sequence[Configuration]]) -> None:
+    """Hessian training (loss.hessian > 0) needs one kind of Hessian label (full, or HVP pairs) on
+    every configuration of the ``required`` sets (those drawn from data.train); an ``optional`` set
+    (a separate test file) may have none, but not some."""
+    missing = {name: _unlabelled(configurations) for name, configurations in required.items()}
+    if any(missing.values()):
+        total = sum(len(configurations) for configurations in required.values())
+        where = ", ".join(f"{len(sources)} in the {name}" for name, sources in missing.items() if sources)
+        example = next(sources[0] for sources in missing.values() if sources)
         raise TrainingError(
-            f"loss.hessian > 0 but {len(unlabelled)} training configuration(s) have no Hessian labels "
-            f"(hessian or hvp pairs), e.g. {unlabelled[0]}"
+            f"Hessian training is on (loss.hessian > 0) but {sum(map(len, missing.values()))} of {total} "
+            f"configuration(s) have no Hessian labels (hessian or hvp pairs): {where}; e.g. {example}. "
+            "Label every configuration of data.train or set loss.hessian to 0"
         )
-    if all(c.hessian is not None for c in configurations):
+    for name, configurations in optional.items():
+        sources = _unlabelled(configurations)
+        if 0 < len(sources) < len(configurations):
+            raise TrainingError(
+                f"Hessian training is on (loss.hessian > 0) and the {name} mixes configurations with and "
+                f"without Hessian labels: {len(sources)} of {len(configurations)} have none, e.g. {sources[0]}; "
+                "label all of them or none"
+            )
+    labelled = [c for configurations in required.values() for c in configurations]
+    if all(c.hessian is not None for c in labelled):
         return
-    if not all(c.hvp_probes is not None for c in configurations):
-        raise TrainingError("loss.hessian > 0 but the training data mix full Hessians and HVP pairs; use one kind")
-    counts = sorted({len(c.hvp_probes) for c in configurations})
+    if not all(c.hvp_probes is not None for c in labelled):
+        raise TrainingError(f"loss.hessian > 0 but the {', '.join(required)} mix full Hessians and HVP pairs; "
+                            "use one kind")
+    counts = sorted({len(c.hvp_probes) for c in labelled})
     if len(counts) > 1:
         raise TrainingError(f"stored HVP probes per configuration differ ({counts}); store the same number for each")
 
 
-def check_data(config: Config, train: Sequence[Configuration], sets: Dict[str, Sequence[Configuration]]) -> List[str]:
+def check_data(config: Config, train: Sequence[Configuration], sets: Dict[str, Sequence[Configuration]],
+               hessians_optional: Sequence[str] = ()) -> List[str]:
     """The model's element list, after checking ``train`` and the other ``sets`` (name → configurations).
 
     Raises :class:`TrainingError` for an element outside ``model.species``, an
     element of a validation or test set that no training configuration has
-    (the model could not learn it), and missing Hessian labels.
+    (the model could not learn it), and, with loss.hessian > 0, a configuration
+    without Hessian labels: the sets named in ``hessians_optional`` (a separate
+    test file) may lack them altogether, but not on some configurations only.
     """
     trained = _elements(train)
     species = validate_species(config.model.species) if config.model.species else sorted(trained)
@@ -81,7 +106,8 @@ def check_data(config: Config, train: Sequence[Configuration], sets: Dict[str, S
                 f"so the model cannot learn them; add configurations with {untrained} to data.train"
             )
     if config.loss.hessian > 0:
-        _check_hessian_labels(train)
+        required = {"training set": train, **{k: v for k, v in sets.items() if k not in hessians_optional}}
+        _check_hessian_labels(required, {k: v for k, v in sets.items() if k in hessians_optional})
     return list(species)
 
 
@@ -103,7 +129,8 @@ def load_data(config: Config) -> DataSplit:
     train, valid, test = ([configurations[k] for k in index] for index in indices)
     test = test if test_file is None else test_file
     test_name = f"test set ({data.test})" if data.test else "test set"
-    species = check_data(config, train, {"validation set": valid, test_name: test})
+    species = check_data(config, train, {"validation set": valid, test_name: test},
+                         hessians_optional=[test_name] if data.test else [])
     fingerprint = {
         "data.train content": content_hash(configurations),
         "data.test content": None if test_file is None else content_hash(test_file),
