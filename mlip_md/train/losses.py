@@ -69,15 +69,27 @@ def error_sums(predictions: Predictions, batch: Batch) -> Dict[str, torch.Tensor
     return sums
 
 
+def root_mean_square(mean_square: torch.Tensor) -> torch.Tensor:
+    """√``mean_square``, with derivative 0 where it is 0 (torch's sqrt has an infinite one there).
+
+    An RMSE is zero exactly when no error can be made: the force on the atom of a one-atom periodic
+    cell is zero for any model and any label set that respects symmetry, so a batch of such cells has
+    a zero force RMSE, and ∞ × 0 would make every gradient NaN. Zero is the RMSE's minimum there.
+    """
+    positive = mean_square > 0
+    safe = torch.where(positive, mean_square, torch.ones_like(mean_square))
+    return torch.where(positive, safe.sqrt(), torch.zeros_like(mean_square))
+
+
 def energy_force_errors(predictions: Predictions, batch: Batch) -> dict:
     """Per-atom energy errors (eV/atom) and force-component errors (eV/Å) as RMSE and MAE tensors."""
     sums = error_sums(predictions, batch)
     errors = {
-        "energy_rmse": (sums["energy_sq"] / sums["n_energy"]).sqrt(),
+        "energy_rmse": root_mean_square(sums["energy_sq"] / sums["n_energy"]),
         "energy_mae": sums["energy_abs"] / sums["n_energy"],
     }
     if sums["n_forces"] > 0:
-        errors["forces_rmse"] = (sums["forces_sq"] / sums["n_forces"]).sqrt()
+        errors["forces_rmse"] = root_mean_square(sums["forces_sq"] / sums["n_forces"])
         errors["forces_mae"] = sums["forces_abs"] / sums["n_forces"]
     return errors
 

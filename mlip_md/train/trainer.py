@@ -112,6 +112,7 @@ def _rmse_share(weight: float, local_sq: torch.Tensor, global_sq: torch.Tensor, 
     to the RMSE over the processes, and their gradients to the RMSE's gradient."""
     if weight == 0 or count == 0:
         return local_sq.new_zeros(())
+    # Clamped: a batch of one-atom cells has exactly zero force error, where sqrt's derivative is infinite.
     rmse = (global_sq / count).sqrt().clamp_min(1e-30).to(local_sq.dtype)
     return weight * (rmse / group.size + (local_sq - local_sq.detach()) / (2 * rmse * count.to(local_sq.dtype)))
 
