@@ -282,6 +282,7 @@ def test_failure_budget_stops_the_campaign_with_a_clear_message(tmp_path, capsys
     ({"data": {"train": "x.extxyz"}}, "there is no data section"),
     ({"selection": {"forces_uncertainty": -1}}, "selection.forces_uncertainty must be positive"),
     ({"loss": {"hessian": 1.0}}, "set oracle.hvp_probes"),
+    ({"training": {"workers": 2}}, "members train as executor tasks"),
 ])
 def test_bad_configurations_name_the_problem(change, message):
     with pytest.raises(ConfigError) as error:

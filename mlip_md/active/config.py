@@ -302,6 +302,9 @@ def _checks(c: CampaignConfig) -> list:
          f"ensemble.size must be at least 2 for a campaign (got {c.ensemble.size}): the ensemble's "
          "disagreement is what flags configurations"),
         (not c.ensemble.distill, "ensemble.distill must be false in a campaign: a distilled student has no uncertainty"),
+        (c.training.workers == 1 and c.training.threads is None,
+         "training.workers and training.threads are not used in a campaign: members train as executor tasks "
+         "(executor.workers, executor.threads_per_worker)"),
         (c.loss.hessian == 0 or o.hvp_probes > 0,
          "loss.hessian > 0 needs Hessian labels: set oracle.hvp_probes (or set loss.hessian to 0)"),
     ]

@@ -49,7 +49,8 @@ Sections and defaults (units: eV, Å)::
       forces_mae: 0.0
       hierarchicality: 0.0      # the HIP-NN hierarchicality regulariser
       l2: 0.0                   # sum of squared weights
-      hessian: 0.0              # mean squared Hessian-element error, (eV/Å²)²; needs Hessian labels
+      hessian: 0.0              # mean squared Hessian-element error, (eV/Å²)²; needs Hessian
+                                # labels; 0.01-0.1 beside the default energy and force terms
     ensemble:
       size: 1                   # members trained with different seeds, exported as one file
       distill: false            # true: the members are teachers; a student learns the true

@@ -33,6 +33,7 @@ from mlip_md.data.batch import Batch, batches, collate
 from mlip_md.data.dataset import Configuration
 from mlip_md.export import export
 from mlip_md.model.hipnn import HIPNN, hierarchicality
+from mlip_md import tuning
 from mlip_md.species import SpeciesMap
 from mlip_md.train import checkpoint, distributed
 from mlip_md.train.config import Config, TrainingConfig
@@ -289,8 +290,8 @@ class MemberRun:
     (forces: only when the loss uses them); ``valid``, the errors of the
     averaged weights, with full Hessians in the first, the last and every
     ``training.valid_hessian_every``-th epoch; ``seconds``, the epoch's wall
-    time; ``null`` for errors a set cannot give). In a group of processes only rank 0 reads and writes them; the others
-    receive what it read.
+    time; ``null`` for errors a set cannot give). In a group of processes
+    only rank 0 reads and writes them; the others receive what it read.
     """
 
     def __init__(self, config: Config, data: DataSplit, member: int, directory: str, group: Group = Group()):
@@ -450,7 +451,10 @@ def _member_weights(config: Config, data: DataSplit, member: int, directory: str
 
 
 def _start_worker(threads: int) -> None:
+    """Settings of a member's worker process, which this module owns: its threads, and malloc
+    reusing freed memory (as the ``mlip-md`` entry point does; see :mod:`mlip_md.tuning`)."""
     distributed.set_threads(threads)
+    tuning.keep_freed_memory()
 
 
 def _train_members(config: Config, data: DataSplit, jobs: Sequence[Tuple[int, str]], show_progress: bool,
