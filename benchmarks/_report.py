@@ -1,7 +1,16 @@
-"""Writing a benchmark's JSON report next to the scripts, in benchmarks/results/."""
+"""Helpers of the benchmarks: their JSON reports in benchmarks/results/, the environment they
+ran in, and trainings run as users run them, each in a fresh process."""
 
 import json
+import os
+import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import List, Optional
+
+import yaml
 
 RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
 
@@ -18,7 +27,6 @@ def save_report(name: str, description: str, settings: dict, environment: dict, 
 
 def environment(hippynn_version=None) -> dict:
     """Versions, threads, CPU and load average, plus hippynn's kernel choice when it is used."""
-    import os
     import platform
 
     import ase
@@ -57,3 +65,52 @@ def import_hippynn():
         print(f"hippynn is not importable ({error}); measuring mlip_md only.\n")
         return None
     return hippynn.__version__
+
+
+def process_environment(threads: Optional[int] = None) -> dict:
+    """The environment of a measured process: ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to
+    ``threads``, or removed (None) so that the process picks its own thread count."""
+    env = dict(os.environ)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(variable, None)
+        if threads is not None:
+            env[variable] = str(threads)
+    return env
+
+
+def run_process(command: List[str], log: Path, threads: Optional[int] = None) -> float:
+    """Runs ``command`` to the end with its output in ``log``; returns its wall time (s).
+    On failure prints the log's last lines and raises CalledProcessError."""
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        finished = subprocess.run(command, env=process_environment(threads), stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if finished.returncode != 0:
+        print("".join(log.read_text().splitlines(keepends=True)[-30:]))
+        raise subprocess.CalledProcessError(finished.returncode, command)
+    return seconds
+
+
+def train_with_cli(config: dict, directory: Path, threads: Optional[int] = None) -> dict:
+    """Trains with ``mlip-md train`` (as ``python -m mlip_md train``) in a fresh process.
+
+    Writes ``directory/config.yaml`` and trains into ``directory/run``; returns
+    the epochs' wall times (``seconds`` of ``member_0/metrics.jsonl``), their
+    median and mean, the process's wall time (start-up, data, training, final
+    errors, export, plots) and member 0's test errors from ``metrics.json``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path, out = directory / "config.yaml", directory / "run"
+    config_path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "mlip_md", "train", str(config_path), "--out", str(out)]
+    process_seconds = run_process(command, directory / "log.txt", threads)
+    lines = (out / "member_0" / "metrics.jsonl").read_text().splitlines()
+    seconds = [json.loads(line)["seconds"] for line in lines]
+    return {**epoch_statistics(seconds), "process_seconds": process_seconds,
+            "test": json.loads((out / "metrics.json").read_text())["members"][0]["test"]}
+
+
+def epoch_statistics(seconds: List[float]) -> dict:
+    """The epochs' wall times (s) with their median and mean."""
+    return {"epoch_seconds": seconds, "median_epoch_seconds": statistics.median(seconds),
+            "mean_epoch_seconds": statistics.fmean(seconds)}
