@@ -96,7 +96,8 @@ def train_with_cli(config: dict, directory: Path, threads: Optional[int] = None)
 
     Writes ``directory/config.yaml`` and trains into ``directory/run``; returns
     the epochs' wall times (``seconds`` of ``member_0/metrics.jsonl``), their
-    median and mean, the process's wall time (start-up, data, training, final
+    median and mean, the validation energy RMSE of every epoch (meV/atom), the
+    non-finite steps recovered, the process's wall time (start-up, data, training, final
     errors, export, plots) and member 0's test errors from ``metrics.json``.
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -104,9 +105,11 @@ def train_with_cli(config: dict, directory: Path, threads: Optional[int] = None)
     config_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "mlip_md", "train", str(config_path), "--out", str(out)]
     process_seconds = run_process(command, directory / "log.txt", threads)
-    lines = (out / "member_0" / "metrics.jsonl").read_text().splitlines()
-    seconds = [json.loads(line)["seconds"] for line in lines]
+    records = [json.loads(line) for line in (out / "member_0" / "metrics.jsonl").read_text().splitlines()]
+    seconds = [record["seconds"] for record in records]
     return {**epoch_statistics(seconds), "process_seconds": process_seconds,
+            "valid_energy_rmse": [record["valid"]["energy_rmse"] for record in records],
+            "recoveries": sum(record["recoveries"] for record in records),
             "test": json.loads((out / "metrics.json").read_text())["members"][0]["test"]}
 
 

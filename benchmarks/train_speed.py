@@ -34,7 +34,9 @@ Reported for each: median and mean epoch time, the process's wall time
 MAE (meV/atom) and force MAE (eV/Å) of the final model (ours: from its
 ``metrics.json``; hippynn: the model ``train_model`` returns to, its best,
 evaluated by this script on the test configurations); ratios ours/hippynn
-per epoch and ours E+F/E-only (float32).
+per epoch and ours E+F/E-only (float32); for ours also the validation
+energy RMSE's largest rise from one epoch to the next after the fifth, and
+the non-finite steps recovered.
 
 Settings: 2 interaction layers, 20 features, 20 sensitivities, 3 atom
 layers, cutoff 6 Å, soft distance range 1.7–5.0 Å; batch size 16, learning
@@ -243,6 +245,12 @@ def main():
     print()
     for name, value in ratios.items():
         print(f"median epoch, {name}: {value:.2f}")
+    for name in OUR_RUNS:
+        rmse = results[name]["valid_energy_rmse"]
+        results[name]["largest_rise_after_epoch_5"] = max(rmse[k] / rmse[k - 1] for k in range(5, len(rmse)))
+        print(f"{name}: validation energy RMSE {rmse[0]:.1f} -> {rmse[-1]:.2f} meV/atom, largest rise from one epoch "
+              f"to the next after the fifth {results[name]['largest_rise_after_epoch_5']:.2f}x, "
+              f"{results[name]['recoveries']} non-finite steps recovered")
 
     save_report(
         "train_speed",

@@ -180,8 +180,15 @@ class InverseSensitivity(nn.Module):
 
     The centres 1/μ_ν start evenly spaced in 1/r between 1/dist_soft_max and
     1/dist_soft_min, the widths σ_ν (Å⁻¹) equal to that spacing; both are
-    trained. φ_cut is :func:`mlip_md.model.graph.log_cutoff_envelope`'s cos².
+    trained, the widths as log σ_ν: Adam moves every parameter by about the
+    learning rate per step, which for σ_ν itself (a few hundredths of an Å⁻¹)
+    is several percent, and widths trained directly collapsed towards zero
+    (1/σ² ~ 10¹², where the exponent's expanded form below loses every digit
+    in float32 and gave NaN energies). φ_cut is
+    :func:`mlip_md.model.graph.log_cutoff_envelope`'s cos².
     """
+
+    __jit_unused_properties__ = ["widths"]
 
     def __init__(self, n_sensitivities: int, dist_soft_min: float, dist_soft_max: float, cutoff: float):
         super().__init__()
@@ -195,14 +202,19 @@ class InverseSensitivity(nn.Module):
         inverse_centers = torch.linspace(1.0 / dist_soft_max, 1.0 / dist_soft_min, n_sensitivities)
         spacing = (1.0 / dist_soft_min - 1.0 / dist_soft_max) / (n_sensitivities - 1)
         self.inverse_centers = nn.Parameter(inverse_centers)  # [n_sens], 1/Å
-        self.widths = nn.Parameter(torch.full((n_sensitivities,), spacing))  # [n_sens], 1/Å
+        self.log_widths = nn.Parameter(torch.full((n_sensitivities,), math.log(spacing)))  # [n_sens], log(1/Å)
+
+    @property
+    def widths(self) -> torch.Tensor:
+        """σ_ν ``[n_sens]`` in 1/Å."""
+        return self.log_widths.exp()
 
     def coefficients(self) -> torch.Tensor:
         """``[4, n_sens]``: the exponent of s_ν is (1/r², 1/r, 1, log φ_cut) · ``coefficients[:, ν]``.
 
         −(u − c)²/(2σ²) + log φ_cut, u = 1/r, expanded as a u² + b u + d + log φ_cut.
         """
-        precision = self.widths.reciprocal().square()  # [n_sens]
+        precision = torch.exp(-2.0 * self.log_widths)  # 1/σ², [n_sens]
         centers = self.inverse_centers
         return torch.stack(
             [-0.5 * precision, centers * precision, -0.5 * centers * centers * precision, torch.ones_like(centers)]
