@@ -1,6 +1,7 @@
 """HIP-NN module: shapes, dtypes, hierarchy, cutoff smoothness, scripting."""
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -166,3 +167,21 @@ def test_float32_force_training_makes_no_subnormal_numbers():
             nodes += [next_node for next_node, _ in node.next_functions]
     loss.backward()
     assert len(subnormal) > 100 and sum(subnormal) == 0
+
+
+def test_sensitivity_widths_take_relative_steps():
+    """Widths are trained as logarithms: an Adam step (about the learning rate per parameter) changes
+    each by a factor near e^±lr, so it cannot reach zero, where 1/σ² would overflow the exponent
+    (trained directly, a width fell from 0.05 to 5e-7 Å⁻¹ and float32 energies became NaN)."""
+    sensitivity = InverseSensitivity(8, 0.85, 4.8, 6.0)
+    before = sensitivity.widths.detach().clone()
+    optimizer = torch.optim.Adam(sensitivity.parameters(), lr=1e-3)
+    r = torch.linspace(1.5, 5.5, 40)
+    terms = torch.stack([r**-2, 1 / r, torch.ones_like(r), log_cutoff_envelope(r, 6.0)])
+    for _ in range(100):  # always pushed towards narrower sensitivities
+        optimizer.zero_grad()
+        sensitivity(terms).sum().backward()
+        optimizer.step()
+    ratio = sensitivity.widths.detach() / before
+    assert (ratio > math.exp(-0.15)).all() and (ratio < 1).all()
+    assert torch.isfinite(sensitivity(terms)).all()
