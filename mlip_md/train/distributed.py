@@ -74,10 +74,6 @@ class Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
-
 
 def launched_by_torchrun() -> bool:
     """Whether this process was started by ``torchrun`` (or another launcher setting its variables)."""
