@@ -76,13 +76,11 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     group = distributed.from_environment()
-    try:
-        # The entry point owns its process: its share of the node's cores, as many threads.
-        distributed.set_threads(distributed.threads_per_process(config.training.threads, group.local_size))
-        out = _writable_directory(args.out) if group.is_main else args.out
-        summary = train(config, out, group=group)
-    finally:
-        distributed.close(group)
+    # The entry point owns its process: its share of the node's cores, as many threads.
+    distributed.set_threads(distributed.threads_per_process(config.training.threads, group.local_size))
+    out = _writable_directory(args.out) if group.is_main else args.out
+    summary = train(config, out, group=group)
+    distributed.close(group)  # on an error torchrun ends the other processes
     if group.is_main:
         print(json.dumps({"model": summary["model"], "test": summary["members"][0]["test"]}, indent=2))
     return 0

@@ -91,8 +91,10 @@ def from_environment() -> Group:
 
 
 def close(group: Group) -> None:
-    """Leaves the process group that :func:`from_environment` joined."""
+    """Waits for every process (rank 0 exports after the others are done), then leaves the process
+    group that :func:`from_environment` joined; a process that leaves early can abort gloo's threads."""
     if group.size > 1 and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
