@@ -91,8 +91,9 @@ def run_process(command: List[str], log: Path, threads: Optional[int] = None) ->
     return seconds
 
 
-def train_with_cli(config: dict, directory: Path, threads: Optional[int] = None) -> dict:
-    """Trains with ``mlip-md train`` (as ``python -m mlip_md train``) in a fresh process.
+def train_with_cli(config: dict, directory: Path, threads: Optional[int] = None, processes: int = 1) -> dict:
+    """Trains with ``mlip-md train`` (as ``python -m mlip_md train``) in a fresh process, or in
+    ``processes`` > 1 with ``torchrun --standalone --nproc-per-node processes -m mlip_md train``.
 
     Writes ``directory/config.yaml`` and trains into ``directory/run``; returns
     the epochs' wall times (``seconds`` of ``member_0/metrics.jsonl``), their
@@ -104,6 +105,9 @@ def train_with_cli(config: dict, directory: Path, threads: Optional[int] = None)
     config_path, out = directory / "config.yaml", directory / "run"
     config_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "mlip_md", "train", str(config_path), "--out", str(out)]
+    if processes > 1:
+        torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+        command = [torchrun, "--standalone", f"--nproc-per-node={processes}", *command[1:]]
     process_seconds = run_process(command, directory / "log.txt", threads)
     records = [json.loads(line) for line in (out / "member_0" / "metrics.jsonl").read_text().splitlines()]
     seconds = [record["seconds"] for record in records]

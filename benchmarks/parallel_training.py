@@ -34,15 +34,11 @@ Prints a table and writes ``benchmarks/results/parallel_training.json``.
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import threading
 from pathlib import Path
 
-import yaml
-
-from _report import environment, epoch_statistics, run_process, save_report, train_with_cli
+from _report import environment, save_report, train_with_cli
 from train_speed import ARCHITECTURE, LEARNING_RATE, SEED, TEST_FRACTION, VALID_FRACTION, data_file
 
 ERRORS = ("energy_rmse", "energy_mae", "forces_rmse", "forces_mae")
@@ -62,18 +58,6 @@ def curve(run: Path) -> list:
     """Training and validation errors of every epoch of member 0."""
     lines = (run / "member_0" / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)[split][key] for line in lines for split in ("train", "valid") for key in ERRORS]
-
-
-def torchrun(values: dict, directory: Path, processes: int) -> dict:
-    """``torchrun --standalone --nproc-per-node N -m mlip_md train`` in a fresh process group."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config_path, out = directory / "config.yaml", directory / "run"
-    config_path.write_text(yaml.safe_dump(values))
-    command = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone",
-               f"--nproc-per-node={processes}", "-m", "mlip_md", "train", str(config_path), "--out", str(out)]
-    process_seconds = run_process(command, directory / "log.txt")
-    seconds = [json.loads(line)["seconds"] for line in (out / "member_0" / "metrics.jsonl").read_text().splitlines()]
-    return {**epoch_statistics(seconds), "process_seconds": process_seconds}
 
 
 def main():
@@ -105,7 +89,7 @@ def main():
         print("1 process ...", flush=True)
         results["1 process"] = train_with_cli(config(path, args), scratch / "one")
         print("torchrun 2 processes ...", flush=True)
-        results["torchrun 2 processes"] = torchrun(config(path, args), scratch / "two", 2)
+        results["torchrun 2 processes"] = train_with_cli(config(path, args), scratch / "two", processes=2)
         one, two = curve(scratch / "one" / "run"), curve(scratch / "two" / "run")
         deviation = max(abs(a - b) / max(abs(a), 1e-300) for a, b in zip(one, two))
     ratios = {

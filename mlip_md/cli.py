@@ -70,6 +70,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     """Trains the models of a YAML configuration and exports them to OUT/model.pt; under ``torchrun``
     the processes train together (rank 0 writes the files and prints)."""
+    import torch
+
     from mlip_md.train import distributed
     from mlip_md.train.config import load_config
     from mlip_md.train.trainer import train
@@ -77,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     group = distributed.from_environment()
     # The entry point owns its process: its share of the node's cores, as many threads.
-    distributed.set_threads(distributed.threads_per_process(config.training.threads, group.local_size))
+    torch.set_num_threads(distributed.threads_per_process(config.training.threads, group.local_size))
     out = _writable_directory(args.out) if group.is_main else args.out
     summary = train(config, out, group=group)
     distributed.close(group)  # on an error torchrun ends the other processes

@@ -23,7 +23,7 @@ from mlip_md.evaluate import evaluate_configurations, evaluate_exported
 from mlip_md.export import export
 from mlip_md.train.config import Config
 from mlip_md.train.splits import DataSplit, check_data
-from mlip_md.train.trainer import build_model, train_member
+from mlip_md.train.trainer import member_model, train_member
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,7 @@ class ExportTask:
 def export_members(config: Config, states: Sequence[Dict[str, torch.Tensor]], train: Sequence[Configuration],
                    species: Sequence[str], path: str, metadata: dict) -> str:
     """Rebuilds the members from their weights and exports them as one ensemble file."""
-    members = []
-    for member, state in enumerate(states):
-        model = build_model(config, species, train, config.training.seed + 1000 * member)
-        model.load_state_dict(state)
-        members.append(model)
+    members = [member_model(config, species, train, member, state) for member, state in enumerate(states)]
     return export(members, path, dtype=config.training.export_dtype,
                   extra_metadata={"training_config": config.to_dict(), **metadata})
 

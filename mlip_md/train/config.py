@@ -64,10 +64,9 @@ converted with ``float``; integer keys take integers only.
 Why mean squared errors by default: the gradient of an RMSE term has the same
 size however small the error, so Adam keeps pushing the per-atom energy's
 constant mode back and forth by about the learning rate times the summed
-read-out features at every step; with energy and force RMSEs the validation
-energy wandered by tens of meV/atom from epoch to epoch, as an offset. Squared
-errors pull in proportion to the error, and the weight average (``ema_decay``)
-removes the optimiser's remaining step-to-step noise.
+read-out features at every step, and energies carry an offset that changes
+from epoch to epoch. Squared errors pull in proportion to the error, and the
+weight average (``ema_decay``) removes the optimiser's remaining noise.
 
 A run directory resumes only under the configuration it was started with;
 ``training.max_epochs`` (to extend a run), ``training.early_stopping_patience``

@@ -116,9 +116,3 @@ def threads_per_process(requested: Optional[int], processes: int) -> int:
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"])
     return max(1, cores() // max(1, processes))
-
-
-def set_threads(count: int) -> None:
-    """Sets torch's intra-op threads (for the processes this package starts, or when a caller asks)."""
-    torch.set_num_threads(count)
-

@@ -94,6 +94,14 @@ def fit_offsets(model: HIPNN, cache: GraphCache, species_map: SpeciesMap, batch_
         model.reference_energies.copy_(torch.from_numpy(fit_reference_energies(residuals, species_map.species)))
 
 
+def member_model(config: Config, species: Sequence[str], train: Sequence[Configuration], member: int,
+                 state: Dict[str, torch.Tensor]) -> HIPNN:
+    """Ensemble member ``member`` rebuilt from its trained weights ``state``."""
+    model = build_model(config, species, train, config.training.seed + 1000 * member)
+    model.load_state_dict(state)
+    return model
+
+
 def _hessian_loss(config: Config, predictions, batch: Batch, generator: torch.Generator) -> torch.Tensor:
     """Projected (probes) or full Hessian loss, from full Hessian labels or stored probe pairs."""
     training = config.training
@@ -453,7 +461,7 @@ def _member_weights(config: Config, data: DataSplit, member: int, directory: str
 def _start_worker(threads: int) -> None:
     """Settings of a member's worker process, which this module owns: its threads, and malloc
     reusing freed memory (as the ``mlip-md`` entry point does; see :mod:`mlip_md.tuning`)."""
-    distributed.set_threads(threads)
+    torch.set_num_threads(threads)
     tuning.keep_freed_memory()
 
 
@@ -476,12 +484,7 @@ def _train_members(config: Config, data: DataSplit, jobs: Sequence[Tuple[int, st
         except BrokenProcessPool as error:
             raise TrainingError(f"a worker process training members died ({error}); "
                                 "run again to resume from the members' checkpoints") from error
-    models = []
-    for m, state in zip(members, states):
-        model = build_model(config, data.species, data.train.configurations, config.training.seed + 1000 * m)
-        model.load_state_dict(state)
-        models.append(model)
-    return models
+    return [member_model(config, data.species, data.train.configurations, m, state) for m, state in zip(members, states)]
 
 
 def teacher_forces(
