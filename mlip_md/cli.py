@@ -17,6 +17,8 @@ from mlip_md.data.labels import LabellingError
 from mlip_md.demo import DemoOptions
 from mlip_md.lammps import PluginBuildError
 
+EXIT_DRAINED = 75  # os.EX_TEMPFAIL: a drained campaign, to be resumed by running the command again
+
 # What main() reports as "mlip-md COMMAND: error: ..." (exit code 2); other exceptions are bugs and propagate.
 _USER_ERRORS = (ValueError, OSError, ImportError, PluginBuildError, LabellingError)
 
@@ -101,19 +103,30 @@ def _campaign(args: argparse.Namespace) -> int:
 
     Exit code 3: the campaign stopped before its end (failure budget, another
     driver in the directory, other settings there); the message says why.
+    Exit code 75 (EX_TEMPFAIL): drained on SIGTERM, SIGINT or
+    ``executor.walltime`` with everything finished recorded; run the same
+    command again (a job chain tests for 75 and resubmits) to resume.
     """
     from mlip_md.active import CampaignError, load_campaign_config, run_campaign
+    from mlip_md.active.engines import EngineError
 
-    # The entry point owns its process: tblite's OpenMP threads stall on small machines.
+    # The entry point owns its process: tblite's OpenMP threads stall on small machines, and the
+    # engines start programs of this environment (mpiexec, parsl's interchange.py) even when it is not activated.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    environment_bin = os.path.dirname(sys.executable)
+    if environment_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([environment_bin, os.environ.get("PATH", "")])
     config = load_campaign_config(args.config)
     try:
-        status = run_campaign(config, _writable_directory(args.out))
+        status = run_campaign(config, _writable_directory(args.out), catch_signals=True)
+    except EngineError as error:
+        print(f"mlip-md campaign: error: {error}", file=sys.stderr)
+        return 2
     except CampaignError as error:
         print(f"mlip-md campaign: {error}", file=sys.stderr)
         return 3
     print(json.dumps(status, indent=2))
-    return 0
+    return EXIT_DRAINED if status["drained"] else 0
 
 
 def _campaign_status(args: argparse.Namespace) -> int:

@@ -120,3 +120,38 @@ def ensemble_file(tmp_path_factory) -> str:
 @pytest.fixture
 def calc(model_file) -> mlip_md.MLIPCalculator:
     return mlip_md.MLIPCalculator(model_file)
+
+
+@pytest.fixture(scope="session")
+def ood_test_file(tmp_path_factory) -> str:
+    """Disordered Al cells (other seeds than the tiny campaign's) labelled by EMT: a held-out test set."""
+    from ase.calculators.emt import EMT
+
+    from campaign_runs import tiny
+    from mlip_md.active import campaign_config_from_dict
+    from mlip_md.active.sampler import disordered_start
+    from mlip_md.data import label
+    from mlip_md.data.generate import write_images
+
+    config = campaign_config_from_dict(tiny())
+    rng = np.random.default_rng(1234)
+    images = [label(disordered_start(config.sampler, rng), EMT()) for _ in range(12)]
+    return write_images(images, tmp_path_factory.mktemp("test_set") / "test.extxyz")
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, ood_test_file):
+    """The uninterrupted tiny campaign (local engine), run by the CLI in a subprocess;
+    (out, oracle log, report, output). The runs on other engines and the resumed runs compare with it."""
+    import json
+
+    from campaign_runs import start_campaign, tiny, write_config
+
+    directory = tmp_path_factory.mktemp("reference")
+    config = write_config(directory, tiny(test=ood_test_file))
+    log = directory / "oracle.log"
+    process = start_campaign(config, directory / "out", log)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    report = json.loads((directory / "out" / "report.json").read_text())
+    return directory / "out", log, report, output

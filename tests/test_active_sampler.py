@@ -27,7 +27,7 @@ from mlip_md.active.sampler import (
     run_trajectory,
     start_structure,
 )
-from mlip_md.active.selection import descriptor, farthest_point_sampling, select_candidates
+from mlip_md.active.selection import StreamingSelection, descriptor, farthest_point_sampling, select_candidates
 
 SPECIES = ("Al",)
 CUTOFF = 4.5
@@ -297,3 +297,48 @@ def test_select_candidates_dedups_and_limits():
     limited = select_candidates(pool, 2, is_known)
     assert [(c.trajectory, c.step) for c in limited] == [(0, 40), (2, 10)]  # most uncertain, then the far one
     assert select_candidates(pool, 2, is_known) == limited
+
+
+def _flagged_iteration(n_trajectories: int, per_trajectory: int, seed: int) -> dict:
+    """trajectory -> its candidates: distinct random cells, some trajectories flag nothing."""
+    rng = np.random.default_rng(seed)
+    flagged = {}
+    for t in range(n_trajectories):
+        count = int(rng.integers(0, per_trajectory + 1))
+        flagged[t] = [_candidate(random_cell(n_atoms=6, seed=100 * seed + 10 * t + k, min_distance=1.0), t,
+                                 10 * (k + 1), float(rng.uniform(0.2, 1.0))) for k in range(count)]
+    return flagged
+
+
+@pytest.mark.parametrize("limit", [1, 3, 5, 40])
+def test_streaming_selection_picks_what_the_batch_selection_picks_in_any_finishing_order(limit):
+    """Admitted as trajectories finish, in several finishing orders: the same labels as select_candidates on
+    the whole iteration; labels stream early exactly when the limit cannot bind."""
+    flagged = _flagged_iteration(8, 2, seed=limit)
+    every = [c for t in sorted(flagged) for c in flagged[t]]
+    expected = [(c.trajectory, c.step) for c in select_candidates(every, limit, lambda c: False)]
+    for order_seed in range(4):
+        order = np.random.default_rng(order_seed).permutation(8)
+        selection, admitted, early = StreamingSelection(8, 2, limit, lambda c: False), [], 0
+        for position, t in enumerate(order):
+            chosen = selection.add(flagged[t])
+            early += len(chosen) if position < 7 else 0
+            admitted += chosen
+        admitted += selection.finish()
+        assert sorted((c.trajectory, c.step) for c in admitted) == sorted(expected)
+        if len(every) <= limit - 2 * 2:  # room for two more full trajectories: labels start before the last ends
+            assert early > 0
+        if len(every) > limit:
+            assert early == 0
+
+
+def test_streaming_selection_resumes_with_candidates_admitted_before():
+    """A resumed driver: candidates in the store already are skipped and count against the limit."""
+    flagged = _flagged_iteration(4, 2, seed=7)
+    every = [c for t in sorted(flagged) for c in flagged[t]]
+    first = StreamingSelection(4, 2, 40, lambda c: False)
+    stored = first.add(flagged[0]) + first.add(flagged[1])
+    keys = {c.atoms.positions.tobytes() for c in stored}
+    resumed = StreamingSelection(4, 2, 40, lambda c: c.atoms.positions.tobytes() in keys, admitted=len(stored))
+    rest = [c for t in range(4) for c in resumed.add(flagged[t])] + resumed.finish()
+    assert sorted((c.trajectory, c.step) for c in stored + rest) == sorted((c.trajectory, c.step) for c in every)

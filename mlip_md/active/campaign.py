@@ -17,6 +17,7 @@ again, and members resume from their checkpoints.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as futures
 import dataclasses
 import fcntl
@@ -33,10 +34,12 @@ from ase.data import chemical_symbols
 
 from mlip_md.active import report
 from mlip_md.active.config import CampaignConfig
-from mlip_md.active.execution import TaskRunner, local_executor
+from mlip_md.active.engines import given_engine, open_engine
+from mlip_md.active.execution import Drained, DrainRequest, Scheduler
 from mlip_md.active.oracle import LabelResult, LabelTask, label_configuration, make_calculator, read_result
-from mlip_md.active.sampler import TrajectoryResult, TrajectoryTask, run_trajectory, start_structure
-from mlip_md.active.selection import select_candidates
+from mlip_md.active.lammps_sampler import run_lammps_trajectory
+from mlip_md.active.sampler import Candidate, Schedule, TrajectoryResult, TrajectoryTask, run_trajectory, start_structure
+from mlip_md.active.selection import StreamingSelection
 from mlip_md.active.store import LabelStore, label_id, split_of
 from mlip_md.active.training import ExportTask, export_task, member_tasks, train_member_task
 from mlip_md.atomic import write_atomically
@@ -44,6 +47,7 @@ from mlip_md.data.dataset import Configuration, configuration_from_atoms, read_c
 
 STORE_FILE = "labels.db"
 MODEL_FILE = "model.pt"
+ENGINE_DIRECTORY = "engine"  # the engine's own logs (parsl run directories, ...)
 # Settings a resumed campaign may change: how long it runs, how it runs, and how patient its oracle is.
 RESUMABLE = ("stop.", "executor.", "oracle.timeout", "oracle.retries")
 
@@ -104,12 +108,18 @@ class Campaign:
     """One campaign in its output directory (see the module docstring); :meth:`run` runs or resumes it."""
 
     def __init__(self, config: CampaignConfig, out: str, executor: Optional[futures.Executor] = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, catch_signals: bool = False):
         self.config, self.out, self.log = config, os.path.abspath(out), log
         self.oracle_hash = config.oracle.identity()
-        self.runner = TaskRunner(executor, lambda: local_executor(config.executor.workers,
-                                                                  config.executor.threads_per_worker))
+        self.engine = given_engine(executor) if executor is not None else \
+            open_engine(config.executor, os.path.join(self.out, ENGINE_DIRECTORY))
+        self.drain = DrainRequest(config.executor.walltime_seconds(), config.executor.drain_margin)
+        self.catch_signals = catch_signals
+        self.scheduler = Scheduler(self.engine, config.executor.task_retries, self.drain, config.executor.grace, log)
         self.store: Optional[LabelStore] = None
+        self.drained: Optional[str] = None  # why the driver stopped early, when it did
+        self._labelling: set = set()  # label ids queued or in flight at the oracle pool
+        self._waiting: collections.deque = collections.deque()  # their tasks not yet submitted
 
     # -- set-up and state ------------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -161,24 +171,45 @@ class Campaign:
         if os.path.exists(path):
             os.remove(path)
 
-    def _label_pending(self) -> None:
-        """Labels every pending row: results already on disk are recorded, the others go to the oracle."""
-        rows, tasks = self.store.rows(status="pending"), []
+    def _queue_labels(self, rows) -> int:
+        """Queues pending ``rows`` for the oracle (results already on disk are recorded instead; rows
+        queued before are skipped); returns how many were queued."""
+        queued = 0
         for row in rows:
+            if row.label_id in self._labelling:
+                continue
             path = self._result_path(row.label_id)
             if os.path.exists(path):
                 self._record(read_result(path))
-            else:
-                tasks.append(self._label_task(row))
-        if not tasks:
-            return
-        self.log(f"labelling {len(tasks)} configuration(s) with the {self.config.oracle.name} oracle")
+                continue
+            self._labelling.add(row.label_id)
+            self._waiting.append(self._label_task(row))
+            queued += 1
+        self._feed_oracle()
+        return queued
 
-        def lost(task: LabelTask, error: BaseException) -> None:
-            self._record(LabelResult(task.label_id, "failed", None, None, None,
-                                     f"the labelling task raised {type(error).__name__}: {error}", 1, 0.0))
+    def _feed_oracle(self) -> None:
+        """Submits queued labels while fewer than ``executor.max_queued_labels`` are in flight."""
+        bound = self.config.executor.max_queued_labels
+        while self._waiting and self.scheduler.in_flight("oracle") < bound and not self.drain.requested():
+            self.scheduler.submit("oracle", label_configuration, self._waiting.popleft(), self._labelled,
+                                  self._label_lost)
 
-        self.runner.run(label_configuration, tasks, lambda task, result: self._record(result), lost)
+    def _labelled(self, task: LabelTask, result: LabelResult) -> None:
+        self._record(result)
+        self._labelling.discard(task.label_id)
+        self._feed_oracle()
+
+    def _label_lost(self, task: LabelTask, error: BaseException) -> None:
+        self._labelled(task, LabelResult(task.label_id, "failed", None, None, None,
+                                         f"the labelling task raised {type(error).__name__}: {error}", 1, 0.0))
+
+    def _label_pending(self) -> None:
+        """Labels every pending row and waits for all labels in flight."""
+        queued = self._queue_labels(self.store.rows(status="pending"))
+        if queued:
+            self.log(f"labelling {queued} configuration(s) with the {self.config.oracle.name} oracle")
+        self.scheduler.wait_until(lambda: not self._labelling)
 
     def _check_failures(self) -> None:
         counts, stop = self.store.counts(), self.config.stop
@@ -195,7 +226,7 @@ class Campaign:
 
     # -- the initial data ------------------------------------------------------------------------------------
     def _initial(self) -> None:
-        start, waited = time.perf_counter(), self.runner.waited
+        start, waited = time.perf_counter(), self.scheduler.waited
         initial = self.config.initial
         with self.store.transaction():
             if initial.data:
@@ -210,7 +241,7 @@ class Campaign:
         self._check_failures()
         with self.store.transaction() as connection:
             self.store.set_state(connection, phase="train", initial_wall_time={
-                "labelling": time.perf_counter() - start, "tasks": self.runner.waited - waited})
+                "labelling": time.perf_counter() - start, "tasks": self.scheduler.waited - waited})
 
     def _initial_sampler(self):
         sampler = self.config.sampler
@@ -259,7 +290,7 @@ class Campaign:
         return species
 
     def _train(self, iteration: int) -> None:
-        start, waited = time.perf_counter(), self.runner.waited
+        start, waited = time.perf_counter(), self.scheduler.waited
         train, valid = self._training_sets()
         species = self._species(train)
         config = self.config.training_config(os.path.join(self.out, STORE_FILE), species)
@@ -269,31 +300,35 @@ class Campaign:
         self.log(f"iteration {iteration}: training {len(tasks)} members on {len(train)} labels "
                  f"({len(valid)} for validation)")
         states: Dict[int, dict] = {}
-        self.runner.run(train_member_task, tasks, lambda task, state: states.__setitem__(task.member, state))
+        self.scheduler.run("training", train_member_task, tasks,
+                           lambda task, state: states.__setitem__(task.member, state))
         export = ExportTask(config, tuple(states[m] for m in range(len(tasks))), tuple(train), tuple(valid),
                             tuple(species), os.path.join(directory, MODEL_FILE),
                             {"campaign": {"iteration": iteration, "n_train_labels": len(train)}}, self.config.test)
         exported: Dict[str, object] = {}
-        self.runner.run(export_task, [export], lambda task, result: exported.update(result))
+        self.scheduler.run("training", export_task, [export], lambda task, result: exported.update(result))
         write_atomically(os.path.join(self.out, MODEL_FILE),
                          lambda partial: shutil.copyfile(exported["model"], partial))
         entry = self._training_entry(iteration, exported, len(train))
-        entry["wall_time"].update(training=time.perf_counter() - start, tasks=self.runner.waited - waited)
+        entry["wall_time"].update(training=time.perf_counter() - start, tasks=self.scheduler.waited - waited)
         if iteration == 0:  # the initial labels count as iteration 0's labelling
             for key, seconds in self.store.state("initial_wall_time", {}).items():
                 entry["wall_time"][key] += seconds
         _add_totals(entry["wall_time"])
         reason = self._stop_reason(iteration, self.store.entries())
         entry["stop_reason"] = reason
+        room = self.config.stop.max_labels - self.store.counts()["done"]
         with self.store.transaction() as connection:
             self.store.save_entry(connection, iteration, entry)
-            self.store.set_state(connection, phase="finished" if reason else "sample", stop_reason=reason)
+            # The next iteration's label limit is fixed now: labels finishing while it samples must not move it.
+            self.store.set_state(connection, phase="finished" if reason else "sample", stop_reason=reason,
+                                 label_limit=max(0, min(self.config.selection.max_labels_per_iteration, room)))
 
     def _training_entry(self, iteration: int, exported: dict, n_train: int) -> dict:
         return {
             "iteration": iteration, "n_train_labels": n_train, **exported,
             "trajectories": None, "flags": [], "new_labels": [], "spearman": None,
-            "n_new": 0, "n_failed": 0, "n_labels": self.store.counts()["done"],
+            "n_new": 0, "n_failed": 0, "n_labels": self.store.counts()["done"], "labelled_while_sampling": 0,
             "wall_time": {"training": 0.0, "sampling": 0.0, "labelling": 0.0, "total": 0.0, "tasks": 0.0,
                           "driver": 0.0},
             "stop_reason": None,
@@ -325,48 +360,62 @@ class Campaign:
         return tasks
 
     def _sample(self, iteration: int) -> None:
-        start, waited = time.perf_counter(), self.runner.waited
-        finished = self.store.trajectories(iteration)
-        tasks = self._trajectory_tasks(iteration, list(finished))
-        results = {index: TrajectoryResult.from_dict(value) for index, value in finished.items()}
+        """Runs the iteration's trajectories; admitted candidates go to the oracle as trajectories finish."""
+        start, waited = time.perf_counter(), self.scheduler.waited
+        results = {index: TrajectoryResult.from_dict(value) for index, value in self.store.trajectories(iteration).items()}
+        tasks = self._trajectory_tasks(iteration, list(results))
+        admitted = sum(row.get("source") == "sampler" for row in self.store.rows(iteration=iteration))
+        selection = StreamingSelection(self.config.sampler.n_trajectories, self.config.selection.max_per_trajectory,
+                                       self.store.state("label_limit"), self._known, admitted)
+        model_hash = self.store.entries()[-1]["model_sha256"]
+        for index in sorted(results):  # a resumed iteration: what the finished trajectories admit
+            self._add_candidates(iteration, selection.add(results[index].candidates), results, model_hash)
+        self._queue_labels(self.store.rows(status="pending"))
         total, step = self.config.sampler.n_trajectories, max(1, self.config.sampler.n_trajectories // 4)
 
         def keep(task: TrajectoryTask, result: TrajectoryResult) -> None:
+            results[task.trajectory] = result
             with self.store.transaction() as connection:
                 self.store.save_trajectory(connection, iteration, task.trajectory, result.to_dict())
-            results[task.trajectory] = result
+                rows = self._add_candidates(iteration, selection.add(result.candidates), results, model_hash)
+            self._queue_labels(rows)
             if len(results) % step == 0 or len(results) == total:
                 outcomes = [r.outcome for r in results.values()]
                 self.log(report.progress_line(iteration, len(results), total, outcomes.count("accurate"),
                                               outcomes.count("flagged"), outcomes.count("discarded"),
                                               time.perf_counter() - start))
 
-        self.runner.run(run_trajectory, tasks, keep)
-        self._select(iteration, [results[t] for t in sorted(results)],
-                     {"sampling": time.perf_counter() - start, "tasks": self.runner.waited - waited})
-
-    def _select(self, iteration: int, results: Sequence[TrajectoryResult], times: Dict[str, float]) -> None:
-        """Chooses the labels of this iteration and moves to labelling, in one transaction."""
-        candidates = [c for r in results for c in r.candidates]
-        room = self.config.stop.max_labels - self.store.counts()["done"]
-        limit = max(0, min(self.config.selection.max_labels_per_iteration, room))
-        chosen = select_candidates(candidates, limit, lambda c: self.store.known(label_id(c.atoms, self.oracle_hash)))
-        by_trajectory = {r.trajectory: r for r in results}
-        model_hash = self.store.entries()[-1]["model_sha256"]
+        sample = run_lammps_trajectory if self.config.sampler.engine == "lammps" else run_trajectory
+        for task in tasks:
+            self.scheduler.submit("sampler", sample, task, keep)
+        self.scheduler.wait_until(lambda: self.scheduler.in_flight("sampler") == 0)
+        ordered = [results[t] for t in sorted(results)]
+        streamed = [row for row in self.store.rows(iteration=iteration) if row.get("source") == "sampler"]
         with self.store.transaction() as connection:
-            for candidate in chosen[:limit]:
-                schedule = by_trajectory[candidate.trajectory].schedule
-                self._add_pending(candidate.atoms, {
-                    "iteration": iteration, "trajectory": candidate.trajectory, "source": "sampler",
-                    "model_sha256": model_hash, "t0": schedule.t0, "t1": schedule.t1,
-                    "amplitude": schedule.amplitude, "period_fs": schedule.period_fs, "strain": schedule.strain,
-                    "flag_step": candidate.step, "flag_temperature": candidate.temperature,
-                    "predicted_forces_uncertainty": candidate.forces_uncertainty,
-                    "predicted_energy_uncertainty": candidate.energy_uncertainty,
-                }, {"predicted_forces": candidate.predicted_forces})
-            entry = self._sampling_entry(iteration, results, times)
+            self._add_candidates(iteration, selection.finish(), results, model_hash)
+            entry = self._sampling_entry(iteration, ordered, {"sampling": time.perf_counter() - start,
+                                                              "tasks": self.scheduler.waited - waited})
+            entry["labelled_while_sampling"] = sum(row.status != "pending" for row in streamed)
             self.store.save_entry(connection, iteration, entry)
             self.store.set_state(connection, phase="label")
+
+    def _known(self, candidate: Candidate) -> bool:
+        return self.store.known(label_id(candidate.atoms, self.oracle_hash))
+
+    def _add_candidates(self, iteration: int, candidates: Sequence[Candidate], results: Dict[int, TrajectoryResult],
+                        model_hash: str) -> list:
+        """Pending rows, with their provenance, for admitted ``candidates``; the new rows."""
+        for candidate in candidates:
+            schedule: Schedule = results[candidate.trajectory].schedule
+            self._add_pending(candidate.atoms, {
+                "iteration": iteration, "trajectory": candidate.trajectory, "source": "sampler",
+                "model_sha256": model_hash, "t0": schedule.t0, "t1": schedule.t1,
+                "amplitude": schedule.amplitude, "period_fs": schedule.period_fs, "strain": schedule.strain,
+                "flag_step": candidate.step, "flag_temperature": candidate.temperature,
+                "predicted_forces_uncertainty": candidate.forces_uncertainty,
+                "predicted_energy_uncertainty": candidate.energy_uncertainty,
+            }, {"predicted_forces": candidate.predicted_forces})
+        return [self.store.row(label_id(c.atoms, self.oracle_hash)) for c in candidates]
 
     def _sampling_entry(self, iteration: int, results: Sequence[TrajectoryResult], times: Dict[str, float]) -> dict:
         entry = self.store.entries()[iteration]
@@ -391,7 +440,7 @@ class Campaign:
                 "temperature": temperature}
 
     def _label(self, iteration: int) -> None:
-        start, waited = time.perf_counter(), self.runner.waited
+        start, waited = time.perf_counter(), self.scheduler.waited
         self._label_pending()
         rows = [row for row in self.store.rows(iteration=iteration) if row.get("source") == "sampler"]
         entry = self.store.entries()[iteration]
@@ -406,7 +455,7 @@ class Campaign:
         entry.update(n_new=len(done), n_failed=len(rows) - len(done), n_labels=self.store.counts()["done"])
         wall = entry["wall_time"]
         wall["labelling"] += time.perf_counter() - start
-        wall["tasks"] += self.runner.waited - waited
+        wall["tasks"] += self.scheduler.waited - waited
         _add_totals(wall)
         with self.store.transaction() as connection:
             self.store.save_entry(connection, iteration, entry)
@@ -420,7 +469,8 @@ class Campaign:
         """The campaign's state as report.json's ``status``."""
         iteration, phase = self._phase()
         return {"out": self.out, "iteration": iteration, "phase": phase, "finished": phase == "finished",
-                "stop_reason": self.store.state("stop_reason"), "labels": self.store.counts(),
+                "stop_reason": self.store.state("stop_reason"), "drained": self.drained,
+                "labels": self.store.counts(),
                 "accurate_fraction_target": self.config.stop.accurate_fraction,
                 "thresholds": {key: getattr(self.config.selection, key) for key in
                                ("forces_uncertainty", "energy_uncertainty", "relative_forces_uncertainty")},
@@ -434,10 +484,16 @@ class Campaign:
         os.makedirs(self.out, exist_ok=True)
         with _exclusive(self.out):
             self._open()
+            if self.catch_signals:
+                self.drain.catch_signals()
             try:
                 self._loop()
+            except Drained as reason:
+                self.drained = str(reason)
+                self.log(f"campaign drained: {reason}; run the same command again to resume")
             finally:
-                self.runner.close()
+                self.drain.restore_signals()
+                self.engine.close(wait=self.drained is None)
                 self._write_report()
         return self.status()
 
@@ -445,6 +501,7 @@ class Campaign:
         steps = {"initial": lambda k: self._initial(), "train": self._train, "sample": self._sample,
                  "label": self._label}
         while True:
+            self.scheduler.stop_if_draining()
             iteration, phase = self._phase()
             if phase == "finished":
                 self.log(f"campaign finished: {self.store.state('stop_reason')}; model: "
@@ -456,16 +513,20 @@ class Campaign:
 
 
 def run_campaign(config: CampaignConfig, out: str | os.PathLike, executor: Optional[futures.Executor] = None,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, catch_signals: bool = False) -> dict:
     """Runs the campaign of ``config`` in the directory ``out``, or resumes the one there.
 
     ``executor``: any ``concurrent.futures.Executor`` for the trajectories,
-    labels and trainings (default: a local pool of ``executor.workers``
-    processes). Returns the final status (see :meth:`Campaign.status`);
-    raises :class:`CampaignError` when it stops before its end (failure
+    labels and trainings (default: the engine of ``executor.kind``).
+    ``catch_signals``: SIGTERM and SIGINT drain the campaign instead of
+    killing it (process-wide handlers, restored on return: for callers that
+    own the process). Returns the final status (see :meth:`Campaign.status`);
+    its ``drained`` says why a drained driver stopped early (SIGTERM, SIGINT,
+    ``executor.walltime``), with everything finished recorded for the next
+    run. Raises :class:`CampaignError` when it stops before its end (failure
     budget, other settings in ``out``, another driver running there).
     """
-    return Campaign(config, os.fspath(out), executor, log).run()
+    return Campaign(config, os.fspath(out), executor, log, catch_signals).run()
 
 
 def campaign_status(out: str | os.PathLike) -> dict:

@@ -18,11 +18,14 @@ Sections and defaults (units: eV, Å, fs, K; relative paths are relative to the 
       n_configurations: 0       # start structures (see sampler.start) rattled and labelled by the oracle
       rattle: 0.05              # Å, standard deviation of the Gaussian displacements
     sampler:                    # Langevin MD with the ensemble, one trajectory per task
+      engine: ase               # ase (ASE's Langevin in the worker) or lammps (pair_style mlip,
+                                # fix langevin on the same schedule, fix halt on the same threshold)
+      mpi_ranks: 1              # lammps: MPI ranks of one trajectory (mpiexec -n), for large cells
       n_trajectories: 8         # per iteration
       max_steps: 1000           # t_max, in steps
       timestep_fs: 1.0
       check_interval: 10        # steps between uncertainty checks
-      friction: 0.01            # Langevin friction, 1/fs
+      friction: 0.01            # Langevin friction, 1/fs (0: no thermostat, plain velocity Verlet)
       temperature_start: [300.0, 800.0]      # T0 range, K (a number fixes it)
       temperature_end: [1000.0, 2000.0]      # T1 range, K
       temperature_amplitude: [0.0, 500.0]    # A range, K
@@ -54,9 +57,20 @@ Sections and defaults (units: eV, Å, fs, K; relative paths are relative to the 
                                 # two iterations in a row
       max_failure_fraction: 0.25  # stop when more than this share of oracle labels failed
       min_failures: 3           # ... and at least this many
-    executor:
-      workers: 2                # local process pool
+    executor:                   # where tasks run (mlip_md/active/engines.py documents every option)
+      kind: local               # local (process pool), mpi (mpi4py.futures), parsl or dask
+      workers: 2                # worker processes of a pool (parsl: per node; mpi under
+                                # python -m mpi4py.futures: the world size - 1 instead)
       threads_per_worker: 1     # torch and OpenMP threads in each worker
+      options: {}               # per kind (parsl provider..., dask address/cluster..., mpi executor_options)
+      oracle: {}                # per-role overrides of workers, threads_per_worker and options: a role
+      sampler: {}               # whose settings differ gets a pool of its own (e.g. oracle labels on
+      training: {}              # DFT nodes, MD and training on GPU nodes); equal settings share one
+      max_queued_labels: 32     # labels submitted to the oracle pool at once; more wait in the store
+      task_retries: 2           # a task whose worker the engine lost (killed, node failure) runs again
+      walltime: null            # this driver's time limit, s or "HH:MM:SS" (e.g. the Slurm job's)
+      drain_margin: 300.0       # s before walltime at which the driver drains, as on SIGTERM/SIGINT:
+      grace: 120.0              # no new tasks, up to grace s for the labels in flight, exit status 75
     model: / training: / loss: / ensemble:
                                 # as in the training YAML (mlip_md/train/config.py);
                                 # ensemble.size >= 2, no distillation; there is no data: section
@@ -125,6 +139,8 @@ class InitialConfig:
 
 @dataclass
 class SamplerConfig:
+    engine: str = "ase"
+    mpi_ranks: int = 1
     n_trajectories: int = 8
     max_steps: int = 1000
     timestep_fs: float = 1.0
@@ -169,10 +185,65 @@ class StopConfig:
     min_failures: int = 3
 
 
+ROLES = ("oracle", "sampler", "training")  # kinds of task, each sent to its role's pool
+EXECUTOR_KINDS = ("local", "mpi", "parsl", "dask")
+ROLE_KEYS = ("workers", "threads_per_worker", "options")  # what executor.<role> may override
+
+
 @dataclass
 class ExecutorConfig:
+    kind: str = "local"
     workers: int = 2
     threads_per_worker: int = 1
+    options: Dict[str, Any] = field(default_factory=dict)
+    oracle: Dict[str, Any] = field(default_factory=dict)
+    sampler: Dict[str, Any] = field(default_factory=dict)
+    training: Dict[str, Any] = field(default_factory=dict)
+    max_queued_labels: int = 32
+    task_retries: int = 2
+    walltime: Optional[Any] = None
+    drain_margin: float = 300.0
+    grace: float = 120.0
+
+    def pool(self, role: str) -> Dict[str, Any]:
+        """The settings of ``role``'s pool: workers, threads_per_worker and options, with the role's overrides."""
+        overrides = getattr(self, role)
+        return {"workers": overrides.get("workers", self.workers),
+                "threads_per_worker": overrides.get("threads_per_worker", self.threads_per_worker),
+                "options": _merged(self.options, overrides.get("options", {}))}
+
+    def walltime_seconds(self) -> Optional[float]:
+        """``walltime`` in s (None: no limit)."""
+        return None if self.walltime is None else parse_duration(self.walltime, "executor.walltime")
+
+
+def _merged(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` with ``overrides`` applied key by key, nested mappings merged the same way."""
+    if not isinstance(overrides, dict):
+        return overrides
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merged(base[key], value) if isinstance(base.get(key), dict) else value
+    return merged
+
+
+def parse_duration(value: Any, name: str) -> float:
+    """Seconds from a number of s or ``"[D-]HH:MM:SS"`` / ``"MM:SS"`` (Slurm's forms); ConfigError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    if isinstance(value, str):
+        days, _, clock = value.rpartition("-")
+        parts = clock.split(":")
+        try:
+            numbers = [float(part) for part in parts]
+            day_count = int(days) if days else 0
+        except ValueError:
+            numbers, day_count = [], 0
+        if 1 <= len(numbers) <= 3 and all(n >= 0 for n in numbers):
+            seconds = sum(n * 60**k for k, n in enumerate(reversed(numbers))) + 86400 * day_count
+            if seconds > 0:
+                return seconds
+    raise ConfigError(f"{name} must be a positive number of seconds or \"HH:MM:SS\", got {value!r}")
 
 
 CAMPAIGN_SECTIONS = {
@@ -296,8 +367,14 @@ def _checks(c: CampaignConfig) -> list:
         (0 < stop.accurate_fraction <= 1, "stop.accurate_fraction must be in (0, 1]"),
         (0 <= stop.max_failure_fraction <= 1, "stop.max_failure_fraction must be in [0, 1]"),
         (stop.min_failures >= 1, "stop.min_failures must be at least 1"),
-        (c.executor.workers >= 1, "executor.workers must be at least 1"),
-        (c.executor.threads_per_worker >= 1, "executor.threads_per_worker must be at least 1"),
+        (c.sampler.engine in ("ase", "lammps"), f"sampler.engine must be ase or lammps, got {c.sampler.engine!r}"),
+        (c.sampler.mpi_ranks >= 1, "sampler.mpi_ranks must be at least 1"),
+        (c.sampler.mpi_ranks == 1 or c.sampler.engine == "lammps",
+         "sampler.mpi_ranks > 1 needs sampler.engine: lammps (the ASE sampler runs on one process)"),
+        (c.sampler.engine == "ase" or sel.energy_uncertainty is None,
+         "selection.energy_uncertainty is not available with sampler.engine: lammps (pair_style mlip gives "
+         "per-atom force uncertainties only); use forces_uncertainty or relative_forces_uncertainty"),
+    ] + _executor_checks(c.executor) + [
         (c.ensemble.size >= 2,
          f"ensemble.size must be at least 2 for a campaign (got {c.ensemble.size}): the ensemble's "
          "disagreement is what flags configurations"),
@@ -308,6 +385,27 @@ def _checks(c: CampaignConfig) -> list:
         (c.loss.hessian == 0 or o.hvp_probes > 0,
          "loss.hessian > 0 needs Hessian labels: set oracle.hvp_probes (or set loss.hessian to 0)"),
     ]
+
+
+def _executor_checks(e: ExecutorConfig) -> list:
+    checks = [
+        (e.kind in EXECUTOR_KINDS, f"executor.kind must be one of {', '.join(EXECUTOR_KINDS)}, got {e.kind!r}"),
+        (e.max_queued_labels >= 1, "executor.max_queued_labels must be at least 1"),
+        (e.task_retries >= 0, "executor.task_retries must be >= 0"),
+        (e.drain_margin >= 0, "executor.drain_margin must be >= 0 (s)"),
+        (e.grace >= 0, "executor.grace must be >= 0 (s)"),
+    ]
+    for role in ROLES:
+        unknown = sorted(set(getattr(e, role)) - set(ROLE_KEYS))
+        checks.append((not unknown, f"unknown key(s) {', '.join(f'executor.{role}.{k}' for k in unknown)}; "
+                                    f"a role may override {', '.join(ROLE_KEYS)}"))
+        pool = e.pool(role) if not unknown else {"workers": 1, "threads_per_worker": 1, "options": {}}
+        for key in ("workers", "threads_per_worker"):
+            value = pool[key]
+            checks.append((isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                           f"executor.{key} (for the {role} pool) must be an integer of at least 1, got {value!r}"))
+        checks.append((isinstance(pool["options"], dict), f"executor.{role}.options must be a mapping"))
+    return checks
 
 
 def _check_elements(c: CampaignConfig) -> None:
@@ -341,6 +439,7 @@ def campaign_config_from_dict(values: Dict[str, Any], base_directory: str = ".")
     for ok, message in _checks(config):
         if not ok:
             raise ConfigError(message)
+    config.executor.walltime_seconds()  # a ConfigError if it is not a duration
     validate_config(config.training_config("labels.db"))
     _check_elements(config)
     config.test = _resolve(config.test, base_directory, "test")

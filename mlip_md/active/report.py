@@ -88,7 +88,8 @@ def iteration_table(entry: dict) -> str:
             f"{trajectories['accurate']} accurate, {trajectories['flagged']} flagged, "
             f"{trajectories['discarded']} discarded of {trajectories['n']}"),
         ("new labels", f"{_number(entry.get('n_new'))} done, {_number(entry.get('n_failed'))} failed, "
-                       f"{_number(entry.get('n_labels'))} in all"),
+                       f"{_number(entry.get('n_labels'))} in all, "
+                       f"{_number(entry.get('labelled_while_sampling'))} while trajectories ran"),
         ("Spearman (σ_F, error)", _number(entry.get("spearman"), "{:.2f}")),
         ("wall time (s)", _wall_time(entry.get("wall_time"))),
     ]

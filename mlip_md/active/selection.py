@@ -112,3 +112,47 @@ def select_candidates(candidates: Sequence["Candidate"], max_labels: int,
     first = int(np.argmax([c.forces_uncertainty for c in fresh]))  # first maximum: the (trajectory, step) tie-break
     picked = farthest_point_sampling(np.stack([c.descriptor for c in fresh]), max_labels, first)
     return [fresh[k] for k in sorted(picked)]
+
+
+class StreamingSelection:
+    """:func:`select_candidates` over one iteration's trajectories, decided as they finish.
+
+    A finished trajectory's fresh candidates are admitted at once when the
+    iteration's limit cannot bind whatever the unfinished trajectories flag
+    (``admitted + held + unfinished · max_per_trajectory <= limit``); otherwise
+    they are held, and :meth:`finish` thins the held ones by farthest-point
+    sampling once every trajectory has finished. If the limit never binds, every
+    fresh candidate is admitted; if it binds, nothing was admitted early and the
+    thinning sees them all. So the labels are those :func:`select_candidates`
+    picks from the whole iteration, in whatever order trajectories finish.
+
+    ``admitted``: candidates of this iteration admitted before (a resumed driver);
+    ``known(c)``: whether ``c`` is in the store already (labelled or pending).
+    """
+
+    def __init__(self, n_trajectories: int, max_per_trajectory: int, limit: int,
+                 known: Callable[["Candidate"], bool], admitted: int = 0):
+        self.unfinished, self.max_per_trajectory = n_trajectories, max_per_trajectory
+        self.limit, self.known, self.admitted = limit, known, admitted
+        self.held: List["Candidate"] = []
+
+    def add(self, candidates: Sequence["Candidate"]) -> List["Candidate"]:
+        """Takes one finished trajectory's candidates; returns those admitted now (held ones included)."""
+        self.unfinished -= 1
+        seen = {_identity(c) for c in self.held}
+        for candidate in sorted(candidates, key=lambda c: c.step):
+            if _identity(candidate) not in seen and not self.known(candidate):
+                seen.add(_identity(candidate))
+                self.held.append(candidate)
+        if self.admitted + len(self.held) + self.unfinished * self.max_per_trajectory > self.limit:
+            return []
+        return self._admit(self.held)
+
+    def finish(self) -> List["Candidate"]:
+        """After the last trajectory: the held candidates worth labelling within the limit."""
+        return self._admit(select_candidates(self.held, max(0, self.limit - self.admitted), self.known))
+
+    def _admit(self, chosen: Sequence["Candidate"]) -> List["Candidate"]:
+        chosen = sorted(chosen, key=lambda c: (c.trajectory, c.step))
+        self.held, self.admitted = [], self.admitted + len(chosen)
+        return chosen

@@ -212,7 +212,7 @@ def _read_rows(path: str, index: str) -> List[Tuple[Atoms, dict]]:
         raise DataFileError(f"{path} is empty; it holds no configurations")
     try:
         if path.endswith(".db"):  # ASE database: keep each row's `data` (Hessians, HVP pairs)
-            with ase.db.connect(path) as database:
+            with ase.db.connect(path, serial=True) as database:  # not collective under mpi4py
                 return [(row.toatoms(), dict(row.data)) for row in database.select()]
         images = ase.io.read(path, index=index, parallel=False)
     except UnknownFileTypeError as error:

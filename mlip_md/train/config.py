@@ -223,6 +223,8 @@ def _coerce(section: str, key: str, value: Any, annotation: str) -> Any:
         return _range(name, value, integer=base == "IntRange")
     if base == "Dict[str, float]" and isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: _float(f"{name}.{k}", v) for k, v in value.items()}
+    if base == "Any":
+        return value
     if base == "Dict[str, Any]" and isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return dict(value)
     raise ConfigError(f"{name} must be {'null or ' if optional else ''}{base}, got {value!r}")
