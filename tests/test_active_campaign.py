@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -283,6 +284,23 @@ def test_campaign_inputs_are_valid():
     molecule = load_campaign_config(ROOT / "inputs" / "campaign_molecule_gfn2.yaml")
     assert molecule.oracle.name == "tblite" and molecule.oracle.hvp_probes > 0 and molecule.loss.hessian > 0
     assert Path(molecule.sampler.start).name == "ethanol.xyz"
+
+
+def test_slurm_inputs_are_valid(tmp_path, monkeypatch):
+    """The Parsl-on-Slurm campaign builds its providers (nothing is submitted) and the job script parses."""
+    from mlip_md.active import load_campaign_config
+    from mlip_md.active.engines import open_engine
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # interchange.py
+    slurm = load_campaign_config(ROOT / "inputs" / "campaign_aluminium_parsl_slurm.yaml")
+    assert slurm.sampler.engine == "lammps" and slurm.executor.kind == "parsl"
+    engine = open_engine(slurm.executor, str(tmp_path / "engine"))
+    assert engine.labels == {"oracle": "oracle", "sampler": "sampler+training", "training": "sampler+training"}
+    assert slurm.executor.pool("oracle")["options"]["provider_options"]["account"] == "my_account"  # merged
+    engine.close()
+    script = ROOT / "inputs" / "campaign_slurm.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "--signal=B:TERM" in script.read_text() and "-eq 75" in script.read_text()
 
 
 def test_any_executor_gives_the_same_campaign(reference, tmp_path):

@@ -3,9 +3,15 @@
 Iteration k: (train) every member on all done labels, export
 ``iterations/k/model.pt`` and update ``DIR/model.pt``; stop if a stop rule
 holds; (sample) ``sampler.n_trajectories`` temperature-ramped trajectories
-with that ensemble; (label) the selected flagged frames by the oracle; then
-iteration k + 1. The campaign ends with a training on every label, so
-``DIR/model.pt`` has seen all of them.
+with that ensemble, whose flagged frames go to the oracle as they finish
+when the iteration's label limit cannot thin them
+(:class:`~mlip_md.active.selection.StreamingSelection`); (label) the other
+selected frames and every label still in flight; then iteration k + 1. The
+campaign ends with a training on every label, so ``DIR/model.pt`` has seen
+all of them. Tasks run on the executors of :mod:`mlip_md.active.engines`
+(per role: oracle, sampler, training) through
+:class:`~mlip_md.active.execution.Scheduler`, which also drains the driver on
+SIGTERM, SIGINT or the walltime.
 
 The store's state table holds ``(iteration, phase)``; each phase's results
 are committed in the transaction that moves to the next phase, so a driver
@@ -317,12 +323,16 @@ class Campaign:
         _add_totals(entry["wall_time"])
         reason = self._stop_reason(iteration, self.store.entries())
         entry["stop_reason"] = reason
-        room = self.config.stop.max_labels - self.store.counts()["done"]
         with self.store.transaction() as connection:
             self.store.save_entry(connection, iteration, entry)
             # The next iteration's label limit is fixed now: labels finishing while it samples must not move it.
             self.store.set_state(connection, phase="finished" if reason else "sample", stop_reason=reason,
-                                 label_limit=max(0, min(self.config.selection.max_labels_per_iteration, room)))
+                                 label_limit=self._label_limit())
+
+    def _label_limit(self) -> int:
+        """Labels the next sampling may add: max_labels_per_iteration, or less near stop.max_labels."""
+        room = self.config.stop.max_labels - self.store.counts()["done"]
+        return max(0, min(self.config.selection.max_labels_per_iteration, room))
 
     def _training_entry(self, iteration: int, exported: dict, n_train: int) -> dict:
         return {
@@ -362,11 +372,13 @@ class Campaign:
     def _sample(self, iteration: int) -> None:
         """Runs the iteration's trajectories; admitted candidates go to the oracle as trajectories finish."""
         start, waited = time.perf_counter(), self.scheduler.waited
-        results = {index: TrajectoryResult.from_dict(value) for index, value in self.store.trajectories(iteration).items()}
+        results = {index: TrajectoryResult.from_dict(value)
+                   for index, value in self.store.trajectories(iteration).items()}
         tasks = self._trajectory_tasks(iteration, list(results))
         admitted = sum(row.get("source") == "sampler" for row in self.store.rows(iteration=iteration))
+        limit = self.store.state("label_limit", self._label_limit())  # (absent from older stores)
         selection = StreamingSelection(self.config.sampler.n_trajectories, self.config.selection.max_per_trajectory,
-                                       self.store.state("label_limit"), self._known, admitted)
+                                       limit, self._known, admitted)
         model_hash = self.store.entries()[-1]["model_sha256"]
         for index in sorted(results):  # a resumed iteration: what the finished trajectories admit
             self._add_candidates(iteration, selection.add(results[index].candidates), results, model_hash)

@@ -91,7 +91,7 @@ class Scheduler:
                  log: Callable[[str], None] = print):
         self.engine, self.task_retries, self.drain, self.grace, self.log = engine, task_retries, drain, grace, log
         self._flight: Dict[futures.Future, _Submission] = {}
-        self.waited = 0.0  # s the driver spent waiting for tasks, less the time spent in callbacks
+        self.waited = 0.0  # s the driver spent waiting for tasks and for the engine to start its pools
 
     def in_flight(self, role: Optional[str] = None) -> int:
         return sum(role is None or s.role == role for s in self._flight.values())
@@ -102,7 +102,11 @@ class Scheduler:
         ``on_error(task, error)`` when it raises (without ``on_error`` the error propagates from
         :meth:`wait`). Raises :class:`Drained` instead once a drain was requested."""
         self.stop_if_draining()
+        began = time.perf_counter()
         executor = self.engine.executor(role)
+        # Waiting for the engine: a pool starts on its first use (a local pool's processes start in the
+        # background and are waited for in wait(), a Dask cluster or Parsl interchange here).
+        self.waited += time.perf_counter() - began
         self._flight[executor.submit(function, task)] = _Submission(role, function, task, on_result, on_error,
                                                                      executor)
 

@@ -41,6 +41,7 @@ refused.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -57,7 +58,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.neighborlist import neighbor_list
 
-from mlip_md.active.sampler import Candidate, Schedule, TrajectoryResult, TrajectoryTask, _bare
+from mlip_md.active.sampler import Candidate, Schedule, TrajectoryResult, TrajectoryTask, bare, read_candidate
 from mlip_md.active.selection import descriptor
 from mlip_md.calculator import CloseContactWarning, MLIPCalculator
 from mlip_md.md import thermalize_momenta
@@ -538,24 +539,13 @@ class _LammpsTrajectory:
 
     def read_candidate(self, frame: _Frame) -> Candidate:
         """The ensemble's view of a dumped frame, as the ASE sampler builds it (the calculator evaluates
-        the frame), with LAMMPS's per-atom uncertainties for forces_uncertainty and the descriptor."""
-        selection, step = self.task.selection, frame.step
+        the frame), with LAMMPS's per-atom uncertainties for forces_uncertainty, and its descriptor."""
         atoms = self.atoms(frame)
         evaluated = atoms.copy()
         evaluated.calc = self.calculator
-        forces = evaluated.get_forces()
-        sigma = np.asarray(self.calculator.get_property("forces_uncertainty", evaluated), dtype=np.float64)
-        relative = sigma / (np.linalg.norm(forces, axis=1) + selection.relative_forces_floor)
-        return Candidate(
-            atoms=atoms, trajectory=int(self.task.trajectory), step=step, time_fs=self.time(step),
-            temperature=self.setup.schedule.temperature(self.time(step)),
-            forces_uncertainty=float(frame.sigma.max()),
-            energy_uncertainty=float(self.calculator.get_property("energy_uncertainty", evaluated)),
-            relative_forces_uncertainty=float(relative.max()),
-            predicted_energy=float(evaluated.get_potential_energy()),
-            predicted_forces=np.array(forces, dtype=np.float64),
-            descriptor=descriptor(atoms, self.task.species, self.task.cutoff),
-        )
+        candidate = read_candidate(evaluated, self.task, self.setup.schedule, frame.step)
+        return dataclasses.replace(candidate, atoms=atoms, forces_uncertainty=float(frame.sigma.max()),
+                                   descriptor=descriptor(atoms, self.task.species, self.task.cutoff))
 
 
 def _threads() -> int:
@@ -623,7 +613,7 @@ def run_lammps_trajectory(task: TrajectoryTask) -> TrajectoryResult:
     began = time.perf_counter()
     rng = np.random.default_rng(task.seed)
     schedule = Schedule.draw(task.sampler, rng)
-    atoms = _bare(task.start)
+    atoms = bare(task.start)
     thermalize_momenta(atoms, temperature_K=schedule.temperature(0.0), rng=rng)
     calculator = MLIPCalculator(task.model_path)
     setup = _setup(task, schedule, calculator)

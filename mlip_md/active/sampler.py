@@ -142,7 +142,7 @@ def _read_frames(path: str) -> Tuple[Atoms, ...]:
     return tuple(ase.io.read(path, ":", parallel=False))
 
 
-def _bare(atoms: Atoms) -> Atoms:
+def bare(atoms: Atoms) -> Atoms:
     """A copy of ``atoms`` with no calculator, no constraints and empty info."""
     copy = atoms.copy()
     copy.calc = None
@@ -160,11 +160,11 @@ def start_structure(sampler: SamplerConfig, rng: np.random.Generator, pool: Sequ
     if sampler.start == "store":
         if len(pool) == 0:
             raise ValueError("sampler.start is 'store' but the label store has no structures yet")
-        return _bare(pool[int(rng.integers(len(pool)))])
+        return bare(pool[int(rng.integers(len(pool)))])
     frames = _read_frames(sampler.start)
     if not frames:
         raise ValueError(f"sampler.start: {sampler.start} holds no structures")
-    return _bare(frames[int(rng.integers(len(frames)))])
+    return bare(frames[int(rng.integers(len(frames)))])
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -254,6 +254,24 @@ class TrajectoryTask:
 
 
 # -- the trajectory -----------------------------------------------------------------------------------
+
+
+def read_candidate(atoms: Atoms, task: TrajectoryTask, schedule: Schedule, step: int) -> Candidate:
+    """The ensemble's view of ``atoms`` at ``step`` through its calculator (an MLIPCalculator of the
+    ensemble, which computes what it does not hold yet); the descriptor is left empty."""
+    selection, time_fs = task.selection, step * task.sampler.timestep_fs
+    forces = atoms.get_forces()
+    sigma = np.asarray(atoms.calc.get_property("forces_uncertainty", atoms), dtype=np.float64)
+    relative = sigma / (np.linalg.norm(forces, axis=1) + selection.relative_forces_floor)
+    frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell[:], pbc=atoms.pbc)
+    return Candidate(
+        atoms=frame, trajectory=int(task.trajectory), step=step, time_fs=time_fs,
+        temperature=schedule.temperature(time_fs), forces_uncertainty=float(sigma.max()),
+        energy_uncertainty=float(atoms.calc.get_property("energy_uncertainty", atoms)),
+        relative_forces_uncertainty=float(relative.max()), predicted_energy=float(atoms.get_potential_energy()),
+        predicted_forces=np.array(forces, dtype=np.float64), descriptor=np.empty(0),
+    )
+
 
 
 @dataclass
@@ -350,19 +368,7 @@ class _Trajectory:
 
     def read_candidate(self) -> Candidate:
         """The ensemble's view of the current frame (results the last MD step computed), descriptor left empty."""
-        atoms, selection = self.atoms, self.task.selection
-        forces = atoms.get_forces()
-        sigma = np.asarray(atoms.calc.get_property("forces_uncertainty", atoms), dtype=np.float64)
-        relative = sigma / (np.linalg.norm(forces, axis=1) + selection.relative_forces_floor)
-        frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell[:], pbc=atoms.pbc)
-        return Candidate(
-            atoms=frame, trajectory=int(self.task.trajectory), step=self.step, time_fs=self.time(self.step),
-            temperature=self.schedule.temperature(self.time(self.step)), forces_uncertainty=float(sigma.max()),
-            energy_uncertainty=float(atoms.calc.get_property("energy_uncertainty", atoms)),
-            relative_forces_uncertainty=float(relative.max()), predicted_energy=float(atoms.get_potential_energy()),
-            predicted_forces=np.array(forces, dtype=np.float64),
-            descriptor=np.empty(0),
-        )
+        return read_candidate(self.atoms, self.task, self.schedule, self.step)
 
     def flagged(self, candidate: Candidate) -> bool:
         selection = self.task.selection
@@ -387,7 +393,7 @@ class _Trajectory:
 
 def _start(task: TrajectoryTask, schedule: Schedule, rng: np.random.Generator) -> Tuple[Atoms, Langevin]:
     """The first frame with thermal momenta at T(0), the ensemble calculator and the Langevin integrator."""
-    atoms = _bare(task.start)
+    atoms = bare(task.start)
     temperature = schedule.temperature(0.0)
     thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
     atoms.calc = MLIPCalculator(task.model_path)
