@@ -660,14 +660,19 @@ def _load(name: str, kind: str, key: Optional[str] = None):
         raise EngineError(f"{where}cannot import {name} for executor.kind {kind}: {error}{hint}") from error
 
 
-def _check_keywords(function: Callable, keywords: Any, key: str, reserved: Tuple[str, ...] = ()) -> None:
-    """EngineError unless ``keywords`` is a mapping that ``function`` accepts (and names none of ``reserved``)."""
+def _check_reserved(keywords: Any, key: str, reserved: Tuple[str, ...]) -> None:
+    """EngineError unless ``keywords`` is a mapping that names none of ``reserved``."""
     if not isinstance(keywords, dict):
         raise EngineError(f"{key} must be a mapping of keyword arguments, got {keywords!r}")
     taken = sorted(set(keywords) & set(reserved))
     if taken:
         raise EngineError(f"{key}: {', '.join(taken)} are set by the engine (executor.workers, "
                           "executor.threads_per_worker and the pool's label); remove them")
+
+
+def _check_keywords(function: Callable, keywords: Any, key: str, reserved: Tuple[str, ...] = ()) -> None:
+    """EngineError unless ``keywords`` is a mapping that ``function`` accepts (and names none of ``reserved``)."""
+    _check_reserved(keywords, key, reserved)
     parameters = inspect.signature(function).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
@@ -746,16 +751,10 @@ def _check_options(config: ExecutorConfig) -> None:
             where = "executor.options" + (f" or executor.{role}.options" if getattr(config, role) else "")
             raise EngineError(f"{where}: unknown key(s) {', '.join(unknown)} for executor.kind {config.kind}; "
                               + (f"known: {', '.join(known)}" if known else "it takes no options"))
-    if config.kind == "mpi":
+    if config.kind == "mpi":  # MPIPoolExecutor takes **kwargs: only the reserved names can be checked
         for role in ROLES:
-            options = config.pool(role)["options"]
-            keywords = options.get("executor_options", {})
-            if not isinstance(keywords, dict):
-                raise EngineError(f"executor.options.executor_options must be a mapping, got {keywords!r}")
-            taken = sorted(set(keywords) & set(MPI_RESERVED))
-            if taken:
-                raise EngineError(f"executor.options.executor_options: {', '.join(taken)} are set by the engine "
-                                  "(executor.workers, executor.threads_per_worker); remove them")
+            _check_reserved(config.pool(role)["options"].get("executor_options", {}),
+                            "executor.options.executor_options", MPI_RESERVED)
 
 
 def open_engine(config: ExecutorConfig, run_directory: str) -> Engine:

@@ -119,6 +119,9 @@ class Scheduler:
     def wait_until(self, done: Callable[[], bool]) -> None:
         """Handles finished tasks until ``done()`` holds (checked after each)."""
         while not done():
+            if not self._flight:  # nothing could ever make done() hold: a bug, not a hang
+                self.stop_if_draining()
+                raise RuntimeError("the campaign waits for tasks, but none is in flight")
             self.wait()
 
     def wait(self) -> None:

@@ -58,7 +58,16 @@ import numpy as np
 from ase import Atoms, units
 from ase.neighborlist import neighbor_list
 
-from mlip_md.active.sampler import Candidate, Schedule, TrajectoryResult, TrajectoryTask, bare, read_candidate
+from mlip_md.active.sampler import (
+    Candidate,
+    Schedule,
+    TrajectoryResult,
+    TrajectoryTask,
+    bare,
+    read_candidate,
+    spend_restart,
+    trajectory_result,
+)
 from mlip_md.active.selection import descriptor
 from mlip_md.calculator import CloseContactWarning, MLIPCalculator
 from mlip_md.md import thermalize_momenta
@@ -506,14 +515,9 @@ class _LammpsTrajectory:
 
     def restart(self, reason: str) -> None:
         """Back to the last trusted frame, or discarded once ``max_restarts`` restarts are spent."""
-        if self.restarts >= self.task.sampler.max_restarts:
-            self.outcome = "discarded"
-            self.error = f"{reason}; discarded after {self.restarts} restart(s)"
-            return
-        self.error = reason
-        self.restarts += 1
-        self.frame = self.trusted
-        self.step = self.trusted.step
+        if spend_restart(self, reason):
+            self.frame = self.trusted
+            self.step = self.trusted.step
 
     def flag(self, frame: _Frame) -> None:
         self.candidates.append(self.read_candidate(frame))
@@ -624,12 +628,4 @@ def run_lammps_trajectory(task: TrajectoryTask) -> TrajectoryResult:
         warnings.simplefilter("ignore", CloseContactWarning)
         state = _LammpsTrajectory(setup, calculator, rng, Path(directory), first, first)
         state.run()
-    first_flag = state.candidates[0] if state.candidates else None
-    return TrajectoryResult(
-        iteration=int(task.iteration), trajectory=int(task.trajectory), seed=int(task.seed), schedule=schedule,
-        outcome=state.outcome, steps=state.steps, last_step=state.step,
-        first_flag_step=None if first_flag is None else first_flag.step,
-        first_flag_temperature=None if first_flag is None else first_flag.temperature,
-        restarts=state.restarts, candidates=state.candidates, checks=state.checks,
-        wall_time=time.perf_counter() - began, error=state.error,
-    )
+    return trajectory_result(task, schedule, state, time.perf_counter() - began)

@@ -256,6 +256,18 @@ class TrajectoryTask:
 # -- the trajectory -----------------------------------------------------------------------------------
 
 
+def spend_restart(state, reason: str) -> bool:
+    """The restart rule of both samplers, on a running ``state`` (restarts, outcome, error, task): True with
+    a restart counted while ``sampler.max_restarts`` allows one, else False with the trajectory discarded."""
+    if state.restarts >= state.task.sampler.max_restarts:
+        state.outcome = "discarded"
+        state.error = f"{reason}; discarded after {state.restarts} restart(s)"
+        return False
+    state.error = reason
+    state.restarts += 1
+    return True
+
+
 def read_candidate(atoms: Atoms, task: TrajectoryTask, schedule: Schedule, step: int) -> Candidate:
     """The ensemble's view of ``atoms`` at ``step`` through its calculator (an MLIPCalculator of the
     ensemble, which computes what it does not hold yet); the descriptor is left empty."""
@@ -340,14 +352,9 @@ class _Trajectory:
 
     def restart(self, reason: str) -> None:
         """Back to the last trusted frame, or discarded once ``max_restarts`` restarts are spent."""
-        if self.restarts >= self.task.sampler.max_restarts:
-            self.outcome = "discarded"
-            self.error = f"{reason}; discarded after {self.restarts} restart(s)"
-            return
-        self.error = reason
-        self.restarts += 1
-        self.trusted.restore(self.atoms)
-        self.step = self.trusted.step
+        if spend_restart(self, reason):
+            self.trusted.restore(self.atoms)
+            self.step = self.trusted.step
 
     def check(self) -> None:
         """The discard rule, then the flag rule, on the current frame."""
@@ -414,12 +421,18 @@ def run_trajectory(task: TrajectoryTask) -> TrajectoryResult:
         # Close contacts are the sampler's own business: the discard rule deals with them.
         warnings.simplefilter("ignore", CloseContactWarning)
         state.run()
+    return trajectory_result(task, schedule, state, time.perf_counter() - began)
+
+
+def trajectory_result(task: TrajectoryTask, schedule: Schedule, state, wall_time: float) -> TrajectoryResult:
+    """The result of a finished trajectory from its running ``state`` (either sampler's: outcome, steps,
+    step, restarts, candidates, checks, error); ``wall_time`` in s."""
     first = state.candidates[0] if state.candidates else None
     return TrajectoryResult(
         iteration=int(task.iteration), trajectory=int(task.trajectory), seed=int(task.seed), schedule=schedule,
         outcome=state.outcome, steps=state.steps, last_step=state.step,
         first_flag_step=None if first is None else first.step,
         first_flag_temperature=None if first is None else first.temperature,
-        restarts=state.restarts, candidates=state.candidates, checks=state.checks,
-        wall_time=time.perf_counter() - began, error=state.error,
+        restarts=state.restarts, candidates=state.candidates, checks=state.checks, wall_time=wall_time,
+        error=state.error,
     )
