@@ -77,8 +77,7 @@ def run_campaign_cli(settings: dict, kind: str, workers: int, directory: Path) -
     command = [sys.executable, "-m", "mlip_md", "campaign", str(config), "--out", str(directory / "out")]
     if kind == "mpi":
         command = [str(BIN / "mpiexec"), "-n", str(workers + 1), sys.executable, "-m", "mpi4py.futures", *command[1:]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
     start = time.perf_counter()
     finished = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seconds = time.perf_counter() - start

@@ -30,10 +30,8 @@ def reference_settings(reference) -> dict:
 
 
 def run_cli(command: list, log: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = environment(log)
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # mpiexec of the mpich wheel
-    return subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
+    return subprocess.run(command, cwd=ROOT, env=environment(log), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
 
 
 def campaign_command(config: Path, out: Path) -> list:
@@ -134,8 +132,8 @@ def test_missing_engine_package_is_named_by_the_cli(tmp_path):
     blocker = tmp_path / "block" / "sitecustomize.py"
     blocker.parent.mkdir()
     blocker.write_text("import sys\nsys.modules['parsl'] = None\n")
-    env = {**environment(tmp_path / "oracle.log"),
-           "PYTHONPATH": f"{blocker.parent}{os.pathsep}{environment(tmp_path / 'x')['PYTHONPATH']}"}
+    env = environment(tmp_path / "oracle.log")
+    env["PYTHONPATH"] = f"{blocker.parent}{os.pathsep}{env['PYTHONPATH']}"
     result = subprocess.run(campaign_command(config, tmp_path / "out"), cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
     assert result.returncode == 2, result.stdout[-3000:]
