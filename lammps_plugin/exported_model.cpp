@@ -48,7 +48,7 @@ static void check_format(const json &metadata, const std::string &path)
         (metadata.contains("format_version") ? metadata["format_version"].dump() : "missing") +
         " is not supported; this plugin reads version " + std::to_string(MLIP_FORMAT_VERSION) +
         ". Re-export the model with a matching mlip_md.");
-  for (const char *key : {"species", "cutoff", "n_interactions", "dtype", "ensemble_size"})
+  for (const char *key : {"species", "cutoff", "n_interactions", "n_features", "dtype", "ensemble_size"})
     if (!metadata.contains(key)) throw std::runtime_error(path + ": metadata lacks the key " + key);
 }
 
@@ -77,6 +77,7 @@ ExportedModel load_exported_model(const std::string &path)
     model.species = metadata["species"].get<std::vector<std::string>>();
     model.cutoff = metadata["cutoff"].get<double>();
     model.n_interactions = metadata["n_interactions"].get<int>();
+    model.n_features = metadata["n_features"].get<int>();
     model.ensemble_size = metadata["ensemble_size"].get<int>();
     model.dtype_name = metadata["dtype"].get<std::string>();
   } catch (const std::exception &error) {
@@ -89,9 +90,10 @@ ExportedModel load_exported_model(const std::string &path)
   else
     throw std::runtime_error(path + ": unknown dtype \"" + model.dtype_name +
                              "\"; expected float32 or float64");
-  if (model.species.empty() || model.cutoff <= 0.0 || model.n_interactions < 1 || model.ensemble_size < 1)
+  if (model.species.empty() || model.cutoff <= 0.0 || model.n_interactions < 1 || model.n_features < 1 ||
+      model.ensemble_size < 1)
     throw std::runtime_error(path + ": metadata has an empty species list or a non-positive cutoff, "
-                             "layer count or ensemble size");
+                             "layer count, feature count or ensemble size");
   check_methods(model.module, path);
   model.module.eval();
   return model;

@@ -16,7 +16,8 @@ struct ExportedModel {
   torch::jit::Module module;         // see mlip_md/contract.py: energies_and_gradients(...)
   std::vector<std::string> species;  // element symbols; position = species index
   double cutoff = 0.0;               // Angstrom
-  int n_interactions = 0;            // message-passing layers
+  int n_interactions = 0;            // message-passing layers (interaction blocks)
+  int n_features = 0;                // width of the features a block passes on
   torch::Dtype dtype = torch::kFloat64;
   int ensemble_size = 1;             // M, rows of the output
   std::string dtype_name;            // "float32" or "float64"

@@ -1,5 +1,6 @@
-/* pair_style mlip: see pair_mlip.h for the input syntax and the parallel scheme,
-   and mlip_md/contract.py for the exported-model contract:
+/* pair_style mlip: see pair_mlip.h for the input syntax and the parallel schemes
+   (comm layer lives in pair_mlip_layer.cpp), and mlip_md/contract.py for the
+   exported-model contract:
      energies_and_gradients(species [N], edge_index [2,E], edge_vectors [E,3], n_owned)
       -> ([M,N] eV, [M,E,3] dE/dr_e of the owned atoms' energy)
      g_e = dE/dr_e;  F_i += g_e, F_j -= g_e;  virial W = -sum_e r_e (x) g_e. */
@@ -37,12 +38,10 @@ PairMLIP::PairMLIP(LAMMPS *lmp) : Pair(lmp)
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;    // the virial comes from the edge gradients
   centroidstressflag = CENTROID_NOTAVAIL;
-  // compute pair mlip, summed over ranks: [1] graph nodes and [2] graph edges
-  // of the last step (the excess over one rank's counts is the work redundant
-  // ghost atoms cost); [3] seconds spent in the model (energies and gradients)
-  // and [4] in the whole pair compute since the pair style was defined
-  nextra = 4;
-  pvector = new double[nextra]{0.0, 0.0, 0.0, 0.0};
+  // compute pair mlip, summed over ranks (see pair_mlip.h): nodes, edges,
+  // model seconds, pair seconds, exchanged ghosts, exchange seconds
+  nextra = 6;
+  pvector = new double[nextra]{0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
 }
 
 PairMLIP::~PairMLIP()
@@ -68,18 +67,24 @@ void PairMLIP::allocate()
     for (int j = 0; j < n; j++) setflag[i][j] = 0;
 }
 
-/* pair_style mlip [threads N] [keep_freed_memory yes|no] */
+/* pair_style mlip [comm layer|shell] [threads N] [keep_freed_memory yes|no] */
 
 void PairMLIP::settings(int narg, char **arg)
 {
   int iarg = 0;
   while (iarg < narg) {
-    bool known = strcmp(arg[iarg], "threads") == 0 || strcmp(arg[iarg], "keep_freed_memory") == 0;
+    bool known = strcmp(arg[iarg], "threads") == 0 || strcmp(arg[iarg], "keep_freed_memory") == 0 ||
+        strcmp(arg[iarg], "comm") == 0;
     if (!known)
-      error->all(FLERR, "pair_style mlip: unknown option '{}' (known: threads N, keep_freed_memory yes|no)",
-                 arg[iarg]);
+      error->all(FLERR, "pair_style mlip: unknown option '{}' (known: comm layer|shell, threads N, "
+                 "keep_freed_memory yes|no)", arg[iarg]);
     if (iarg + 2 > narg) error->all(FLERR, "pair_style mlip: option '{}' needs a value", arg[iarg]);
-    if (strcmp(arg[iarg], "threads") == 0) {
+    if (strcmp(arg[iarg], "comm") == 0) {
+      std::string scheme = arg[iarg + 1];
+      if (scheme != "layer" && scheme != "shell")
+        error->all(FLERR, "pair_style mlip: comm must be layer or shell, got '{}'", scheme);
+      layer_scheme = scheme == "layer";
+    } else if (strcmp(arg[iarg], "threads") == 0) {
       n_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
       if (n_threads < 1) error->all(FLERR, "pair_style mlip: threads must be >= 1, got {}", n_threads);
     } else {
@@ -87,7 +92,8 @@ void PairMLIP::settings(int narg, char **arg)
     }
     iarg += 2;
   }
-  ghost_mode = comm->nprocs > 1;
+  ghost_mode = comm->nprocs > 1 && !layer_scheme;
+  layer_mode = comm->nprocs > 1 && layer_scheme;
   ghostneigh = ghost_mode ? 1 : 0;
 }
 
@@ -129,7 +135,10 @@ void PairMLIP::coeff(int narg, char **arg)
       count += setflag[i][j];
     }
   if (count == 0) error->all(FLERR, "pair_style mlip: pair_coeff maps no atom type to an element");
-  comm_reverse = model->ensemble_size > 1 ? 3 * model->ensemble_size : 0;
+  // buffer sizes for the widest exchange: per-member forces, or features of every member
+  int members = model->ensemble_size;
+  comm_forward = layer_mode ? members * model->n_features : 0;
+  comm_reverse = std::max(members > 1 ? 3 * members : 0, comm_forward);
 }
 
 void PairMLIP::init_style()
@@ -139,11 +148,18 @@ void PairMLIP::init_style()
     error->all(FLERR, "pair_style mlip requires 'units metal' (eV, Angstrom); this input uses units {}",
                update->unit_style);
   if (atom->tag_enable == 0) error->all(FLERR, "pair_style mlip requires atom IDs");
-  if (ghost_mode && force->newton_pair == 0)
+  if (comm->nprocs > 1 && force->newton_pair == 0)
     error->all(FLERR,
                "pair_style mlip on {} MPI ranks requires newton_pair on (ghost forces are returned "
                "to their owners by reverse communication); remove 'newton off' or run on one rank",
                comm->nprocs);
+  // pair_style hybrid sizes LAMMPS's communication buffers from its sub-styles'
+  // sizes when its settings are read, before pair_coeff loaded the model
+  Pair *top = force->pair;
+  if (top != this) {
+    top->comm_forward = std::max(top->comm_forward, comm_forward);
+    top->comm_reverse = std::max(top->comm_reverse, comm_reverse);
+  }
   if (ghost_mode) {
     neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
     // Message passing over n layers needs every atom within n * cutoff of an
@@ -185,7 +201,29 @@ void PairMLIP::grow_peratom()
   memory->create(member_forces, nmax_peratom, columns, "pair:member_forces");
 }
 
-/* The model graph, built by breadth-first search from the owned atoms over
+/* Fills `within` with the positions in atom i's neighbour list of the
+   neighbours closer than the cutoff; returns their count. Most pairs of the
+   skin list lie beyond the cutoff: they are skipped without a branch per
+   pair (it would mispredict). */
+
+int PairMLIP::neighbors_within(int i)
+{
+  const double *x = atom->x[0];    // LAMMPS stores the [nall][3] coordinates contiguously
+  const double *xi = x + 3 * i;
+  int *neighbors = list->firstneigh[i];
+  double cut2 = model->cutoff * model->cutoff;
+  int n_candidates = list->numneigh[i], n_within = 0;
+  if (static_cast<int>(within.size()) < n_candidates) within.resize(n_candidates);
+  for (int jj = 0; jj < n_candidates; jj++) {
+    const double *xj = x + 3 * (neighbors[jj] & NEIGHMASK);
+    double d[3] = {xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]};
+    within[n_within] = jj;
+    n_within += d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < cut2;
+  }
+  return n_within;
+}
+
+/* comm shell and one rank: the model graph, built by breadth-first search from the owned atoms over
    edges shorter than the cutoff. A node is an atom ID (tag): the first copy of
    an atom that the search reaches stands for all its copies (periodic images
    have the same environment, hence the same features), so on one rank the
@@ -201,8 +239,7 @@ void PairMLIP::build_graph()
   int nall = nlocal + atom->nghost;
   int *type = atom->type;
   tagint *tag = atom->tag;
-  const double *x = atom->x[0];    // LAMMPS stores the [nall][3] coordinates contiguously
-  double cut2 = model->cutoff * model->cutoff;
+  const double *x = atom->x[0];
   auto in_model = [&](int a) { return species_of_type[type[a]] >= 0; };
 
   row_of_atom.assign(nall, -1);
@@ -224,16 +261,7 @@ void PairMLIP::build_graph()
                    tag[i], hop);
       int *neighbors = list->firstneigh[i];
       const double *xi = x + 3 * i;
-      // Most pairs of the skin list lie beyond the cutoff: collect the others
-      // without a branch per pair (it would mispredict), then take them.
-      int n_candidates = list->numneigh[i], n_within = 0;
-      if (static_cast<int>(within.size()) < n_candidates) within.resize(n_candidates);
-      for (int jj = 0; jj < n_candidates; jj++) {
-        const double *xj = x + 3 * (neighbors[jj] & NEIGHMASK);
-        double d[3] = {xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]};
-        within[n_within] = jj;
-        n_within += d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < cut2;
-      }
+      int n_within = neighbors_within(i);
       for (int w = 0; w < n_within; w++) {
         int j = neighbors[within[w]] & NEIGHMASK;
         if (!in_model(j)) continue;
@@ -267,20 +295,27 @@ void PairMLIP::compute(int eflag, int vflag)
   auto start = std::chrono::steady_clock::now();
   ev_init(eflag, vflag);
   grow_peratom();
-  build_graph();
-  pvector[0] = graph.n_nodes();
+  if (layer_mode) {
+    build_layer_graph();
+    pvector[0] = graph.n_local_nodes;    // the ghosts' rows are not evaluated
+    pvector[4] = graph.n_nodes() - graph.n_local_nodes;
+  } else {
+    build_graph();
+    pvector[0] = graph.n_nodes();
+  }
   pvector[1] = graph.n_edges();
 
   Evaluation result;
-  if (graph.n_local_nodes > 0) {
+  if (layer_mode || graph.n_local_nodes > 0) {    // every rank takes part in the exchanges
     try {
       auto model_start = std::chrono::steady_clock::now();
-      result = evaluate();
-      pvector[2] += seconds_since(model_start);
+      double exchange_before = pvector[5];
+      result = layer_mode ? evaluate_layers() : evaluate();
+      pvector[2] += seconds_since(model_start) - (pvector[5] - exchange_before);
     } catch (const std::exception &problem) {
       error->one(FLERR, "pair_style mlip: model evaluation failed: {}", problem.what());
     }
-    tally(result);
+    if (graph.n_local_nodes > 0) tally(result);
   }
   if (model->ensemble_size > 1) tally_members(result);
   pvector[3] += seconds_since(start);
@@ -290,13 +325,11 @@ void PairMLIP::compute(int eflag, int vflag)
    energies of the owned nodes [n_local], the mean edge gradients dE/dr_e
    [E, 3] and, for ensembles, each member's edge gradients [M, E, 3]. */
 
-PairMLIP::Evaluation PairMLIP::evaluate()
+PairMLIP::GraphTensors PairMLIP::graph_tensors()
 {
   int n_nodes = graph.n_nodes();
   int n_edges = graph.n_edges();
-  int members = model->ensemble_size;
   int *type = atom->type;
-
   torch::Tensor species = torch::empty({n_nodes}, torch::kInt64);
   auto species_data = species.data_ptr<int64_t>();
   for (int n = 0; n < n_nodes; n++) species_data[n] = species_of_type[type[graph.node_atom[n]]];
@@ -306,7 +339,12 @@ PairMLIP::Evaluation PairMLIP::evaluate()
   // graph.edge_vectors outlives this call: float64 models read it in place
   torch::Tensor vectors =
       torch::from_blob(graph.edge_vectors.data(), {n_edges, 3}, torch::kFloat64).to(model->dtype);
+  return {species, edge_index, vectors};
+}
 
+PairMLIP::Evaluation PairMLIP::evaluate()
+{
+  GraphTensors inputs = graph_tensors();
   torch::Tensor energies, member_gradients;
   {
     // the model's hand-written reverse pass: no autograd graph
@@ -314,19 +352,31 @@ PairMLIP::Evaluation PairMLIP::evaluate()
     // op-by-op execution: no profiling runs or recompilation as graph sizes change
     torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);
     auto output = model->module.get_method("energies_and_gradients")(
-        {species, edge_index, vectors, static_cast<int64_t>(graph.n_local_nodes)});
+        {inputs.species, inputs.edge_index, inputs.edge_vectors, static_cast<int64_t>(graph.n_local_nodes)});
     auto pair = output.toTuple();
     energies = pair->elements()[0].toTensor();
     member_gradients = pair->elements()[1].toTensor();
   }
-  if (energies.dim() != 2 || energies.size(0) != members || energies.size(1) != n_nodes)
-    throw std::runtime_error("model output has shape " + std::to_string(energies.dim()) + "-d, expected [" +
-                             std::to_string(members) + ", " + std::to_string(n_nodes) + "]");
-  if (member_gradients.dim() != 3 || member_gradients.size(0) != members || member_gradients.size(1) != n_edges)
+  return summarize(energies.narrow(1, 0, std::min<int64_t>(energies.size(1), graph.n_local_nodes)),
+                   member_gradients);
+}
+
+/* The Evaluation from each member's per-atom energies of the owned nodes
+   [M, n_local_nodes] and edge gradients [M, E, 3], after checking their shapes. */
+
+PairMLIP::Evaluation PairMLIP::summarize(const torch::Tensor &energies, const torch::Tensor &member_gradients)
+{
+  int members = model->ensemble_size;
+  if (energies.dim() != 2 || energies.size(0) != members || energies.size(1) != graph.n_local_nodes)
+    throw std::runtime_error("model energies have " + std::to_string(energies.dim()) + " dimensions or the wrong "
+                             "size, expected [" + std::to_string(members) + ", " +
+                             std::to_string(graph.n_local_nodes) + "]");
+  if (member_gradients.dim() != 3 || member_gradients.size(0) != members ||
+      member_gradients.size(1) != graph.n_edges())
     throw std::runtime_error("model edge gradients have the wrong shape");
 
   Evaluation result;
-  result.node_energies = energies.narrow(1, 0, graph.n_local_nodes).mean(0).to(torch::kFloat64).contiguous();
+  result.node_energies = energies.mean(0).to(torch::kFloat64).contiguous();
   // The tallies read the model's dtype: no float64 copy of every edge gradient of a float32 model.
   if (members > 1) {
     result.gradients = member_gradients.mean(0).contiguous();
@@ -428,7 +478,10 @@ void PairMLIP::tally_members(const Evaluation &result)
           member_forces[j][3 * m + k] -= g[k];
         }
       }
-  if (ghost_mode) comm->reverse_comm(this);
+  if (comm->nprocs > 1) {
+    exchanging = Exchange::member_forces;
+    comm->reverse_comm(this, columns);
+  }
   for (int i = 0; i < nlocal; i++) {
     double mean[3] = {0.0, 0.0, 0.0};
     for (int m = 0; m < members; m++)
@@ -443,19 +496,23 @@ void PairMLIP::tally_members(const Evaluation &result)
   }
 }
 
+/* reverse communication of per-member forces (comm layer: also of node rows, pair_mlip_layer.cpp) */
+
 int PairMLIP::pack_reverse_comm(int n, int first, double *buf)
 {
-  int m = 0;
+  if (exchanging == Exchange::node_rows) return pack_rows(n, nullptr, first, buf);
+  int columns = 3 * model->ensemble_size, m = 0;
   for (int i = first; i < first + n; i++)
-    for (int c = 0; c < comm_reverse; c++) buf[m++] = member_forces[i][c];
+    for (int c = 0; c < columns; c++) buf[m++] = member_forces[i][c];
   return m;
 }
 
 void PairMLIP::unpack_reverse_comm(int n, int *list_, double *buf)
 {
-  int m = 0;
+  if (exchanging == Exchange::node_rows) return unpack_rows(n, list_, 0, buf, true);
+  int columns = 3 * model->ensemble_size, m = 0;
   for (int i = 0; i < n; i++)
-    for (int c = 0; c < comm_reverse; c++) member_forces[list_[i]][c] += buf[m++];
+    for (int c = 0; c < columns; c++) member_forces[list_[i]][c] += buf[m++];
 }
 
 void *PairMLIP::extract_peratom(const char *name, int &ncols)
@@ -476,6 +533,7 @@ double PairMLIP::memory_usage()
   bytes += graph.edge_vectors.capacity() * sizeof(double);
   bytes += (graph.edge_i.capacity() + graph.edge_j.capacity()) * sizeof(int64_t);
   bytes += (graph.edge_atom_i.capacity() + graph.edge_atom_j.capacity() + graph.node_atom.capacity() +
-            row_of_atom.capacity()) * sizeof(int);
+            row_of_atom.capacity() + node_of_atom.capacity()) * sizeof(int);
+  if (exchange.defined()) bytes += static_cast<double>(exchange.numel()) * sizeof(double);
   return bytes;
 }

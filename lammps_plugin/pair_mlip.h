@@ -1,23 +1,32 @@
 /* pair_style mlip: an exported mlip_md model (HIP-NN, TorchScript) in LAMMPS.
 
    Input deck:
-     pair_style mlip [threads N] [keep_freed_memory yes|no]
+     pair_style mlip [comm layer|shell] [threads N] [keep_freed_memory yes|no]
      pair_coeff * * model.pt El1 El2 ...     (one element or NULL per atom type)
 
    Serves energy, forces, global and per-atom virial, per-atom energy, and for
    ensemble files the per-atom force uncertainty (extract_peratom name
    "forces_uncertainty", e.g. through fix pair). units metal only.
-   `compute ID all pair mlip` gives, summed over ranks, the model graph's
-   nodes and edges on the last step (c_ID[1], c_ID[2]) and the seconds spent
-   in the model and in the whole pair style so far (c_ID[3], c_ID[4]).
+   `compute ID all pair mlip` gives, summed over ranks: c_ID[1] and c_ID[2]
+   the nodes and edges the model evaluated on the last step (the excess over
+   one rank's counts is redundant work), c_ID[3] and c_ID[4] the seconds
+   spent in the model and in the whole pair style so far, c_ID[5] the ghost
+   atoms whose features were exchanged per layer on the last step and c_ID[6]
+   the seconds spent in those exchanges so far (comm layer).
 
    The model sees each atom once, whatever the number of its periodic images
-   among the ghosts: on one MPI rank it runs on the owned atoms only. On
-   several ranks the plugin also widens the ghost shell to n_interactions *
-   cutoff + skin, requests neighbour lists of ghost atoms and adds the other
-   ranks' atoms within n_interactions hops of the owned ones; their forces
-   (and per-member forces for the uncertainty) go back to the owners by
-   reverse communication, which needs newton_pair on. */
+   among the ghosts: on one MPI rank it runs once on the owned atoms (both
+   schemes). On several ranks:
+   - comm layer (default): each rank evaluates its owned atoms only, with the
+     usual ghost shell (cutoff + skin). After every interaction block the
+     ghosts' features come from their owners by forward communication; in
+     the reverse pass the ghosts' feature gradients go back to their owners
+     by reverse communication, block by block (mlip_md/model/layered.py).
+   - comm shell: the ghost shell widens to n_interactions * cutoff + skin and
+     each rank also evaluates the other ranks' atoms within n_interactions
+     hops of its own, once each (redundant work, no exchange inside the model).
+   Forces on ghost atoms go back to their owners by LAMMPS's reverse
+   communication, which needs newton_pair on. */
 
 #ifndef LMP_PAIR_MLIP_H
 #define LMP_PAIR_MLIP_H
@@ -49,6 +58,8 @@ class PairMLIP : public Pair {
   void init_style() override;
   double init_one(int i, int j) override;
   void *extract_peratom(const char *name, int &ncols) override;
+  int pack_forward_comm(int n, int *list, double *buf, int pbc_flag, int *pbc) override;
+  void unpack_forward_comm(int n, int first, double *buf) override;
   int pack_reverse_comm(int n, int first, double *buf) override;
   void unpack_reverse_comm(int n, int *list, double *buf) override;
   double memory_usage() override;
@@ -94,8 +105,14 @@ class PairMLIP : public Pair {
   std::vector<int> species_of_type;    // [ntypes + 1] species index, -1 for NULL
   int n_threads = 1;                   // torch intra-op threads per rank
   bool keep_freed_memory = true;       // glibc: reuse freed heap memory (see init_style)
-  bool ghost_mode = false;             // several ranks: evaluate on ghosts too
+  bool layer_scheme = true;            // comm layer (else comm shell)
+  bool ghost_mode = false;             // comm shell on several ranks: evaluate on ghosts too
+  bool layer_mode = false;             // comm layer on several ranks: exchange features per block
   Graph graph;
+  std::vector<int> node_of_atom;       // [nall] graph node of each atom, -1 if none (comm layer)
+  // What the pack/unpack methods move: per-member forces, or rows of `exchange`.
+  enum class Exchange { member_forces, node_rows } exchanging = Exchange::member_forces;
+  torch::Tensor exchange;              // [M, n_nodes, F] float64: features or feature gradients
   std::vector<int> row_of_atom;        // [nall] neighbour-list row of each atom, -1 if none
   std::vector<int> within;             // scratch: one atom's neighbour-list entries within the cutoff
   mlip::TagMap node_of_tag;            // graph node of each atom ID, -1 if none
@@ -105,13 +122,24 @@ class PairMLIP : public Pair {
 
   void allocate();
   void grow_peratom();
+  int neighbors_within(int i);
   void build_graph();
+  void build_layer_graph();
   struct Evaluation {                  // contiguous CPU tensors
     torch::Tensor node_energies;       // [n_local_nodes] mean per-atom energy, eV, float64
     torch::Tensor gradients;           // [E, 3] mean dE/dr_e, eV/Angstrom, the model's dtype
     torch::Tensor member_gradients;    // [M, E, 3] per member (ensembles only), float64
   };
+  struct GraphTensors {                // the graph as the model's inputs
+    torch::Tensor species, edge_index, edge_vectors;
+  };
+  GraphTensors graph_tensors();
   Evaluation evaluate();
+  Evaluation evaluate_layers();
+  Evaluation summarize(const torch::Tensor &energies, const torch::Tensor &member_gradients);
+  torch::Tensor exchanged(const torch::Tensor &rows, bool forward);
+  int pack_rows(int n, const int *atoms, int first, double *buf);
+  void unpack_rows(int n, const int *atoms, int first, const double *buf, bool add);
   void tally(const Evaluation &result);
   template <typename Scalar> double tally_forces(const Scalar *gradients);
   template <typename Scalar> void tally_virial(const Scalar *gradients);

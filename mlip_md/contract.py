@@ -35,6 +35,37 @@ Methods
         Forward-mode tangents of the hand-written gradient, no autograd;
         needs a complete list.
 
+Layer stepping (domain decomposition; :mod:`mlip_md.model.layered`)
+    A rank holds R owned atoms (nodes ``[0, R)``) and ghost copies of other
+    atoms (nodes ``[R, N)``), and evaluates the owned atoms only, one
+    interaction block at a time, exchanging the ghosts' features and feature
+    gradients with their owners between blocks. ``L = metadata["n_interactions"]``,
+    ``F = metadata["n_features"]``; the graph and states are opaque values
+    the caller passes back unchanged.
+
+    ``layer_graph(species [N], edge_index [2, E], edge_vectors [E, 3], n_owned)``
+        → graph. The edges are those of the owned atoms only: every pair
+        (i, j) within the cutoff with i < ``n_owned`` (1 ≤ ``n_owned`` ≤ N).
+    ``layer_forward(layer, graph, features)`` → (``[M, N, F]`` block output,
+        ``[M, R]`` level energies in eV, states), for layer = 0 … L−1.
+        ``features`` ``[M, N, F]`` is the previous call's output with its
+        ghost rows (returned as zeros) set to their owners' rows (ignored for
+        layer 0, whose input is the species). E_m,i = Σ_layers level energies.
+    ``layer_reverse(layer, graph, states, gradient, radial)`` → (``[M, N, F]``
+        feature gradient, radial), for layer = L−1 … 0 with that layer's
+        states. ``gradient`` is the previous call's feature gradient with
+        each ghost row added to its owner's row (an empty tensor for layer
+        L−1), ``radial`` the previous call's (an empty list for L−1). For
+        E = Σ over all ranks of the owned atoms' energies, the owned rows of
+        the returned gradient are partial sums until the ghost rows of all
+        ranks are added. Layer 0 returns an empty gradient.
+    ``layer_edge_gradients(graph, radial)`` → ``[M, E, 3]`` g_e of E for the
+        given edges (in their order), from the last ``layer_reverse``.
+
+    Forces then follow from g_e as below, with the ghosts' shares added to
+    their owners; the results equal ``energies_and_gradients`` of the whole
+    system to rounding.
+
 Derived quantities (``g_e = ∂E/∂r_e`` for the total energy E):
     forces  F_k = Σ_{e: i_e = k} g_e − Σ_{e: j_e = k} g_e         (eV/Å)
     virial  W = −Σ_e r_e ⊗ g_e,  stress σ = −W / V              (eV/Å³, ASE sign)
@@ -61,11 +92,15 @@ from typing import Any, Dict, List
 import torch
 
 FORMAT_NAME = "mlip_md.exported_model"
-FORMAT_VERSION = 3  # 2: energies_and_gradients added; 3: hessian added
+FORMAT_VERSION = 4  # 2: energies_and_gradients added; 3: hessian added; 4: layer stepping
 METADATA_FILE = "mlip_md_metadata.json"
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-REQUIRED_METHODS = ("forward", "energies_and_gradients", "hessian")  # CMakeLists.txt reads this line
+# CMakeLists.txt reads the names between the parentheses below.
+REQUIRED_METHODS = (
+    "forward", "energies_and_gradients", "hessian",
+    "layer_graph", "layer_forward", "layer_reverse", "layer_edge_gradients",
+)
 # The plugin's exported_model.cpp words this error the same (tests/test_lammps.py checks both).
 NOT_A_JSON_OBJECT = "metadata is not a JSON object (strict JSON: no NaN or Infinity)"
 
@@ -74,7 +109,8 @@ REQUIRED_METADATA = (
     "format_version",  # int, FORMAT_VERSION of the writer
     "species",  # list of element symbols; index = species index
     "cutoff",  # float, Å: edges longer than this contribute nothing
-    "n_interactions",  # int, message-passing layers (LAMMPS ghost shell = n · cutoff)
+    "n_interactions",  # int L, message-passing layers (interaction blocks)
+    "n_features",  # int F, width of the features each block passes on (layer stepping exchanges them)
     "dtype",  # "float32" or "float64", dtype of edge_vectors and outputs
     "units",  # UNITS
     "ensemble_size",  # int M, rows of the output
@@ -125,6 +161,7 @@ def make_metadata(
     species: List[str],
     cutoff: float,
     n_interactions: int,
+    n_features: int,
     dtype: str,
     ensemble_size: int,
     **extra: Any,
@@ -136,6 +173,7 @@ def make_metadata(
         "species": list(species),
         "cutoff": float(cutoff),
         "n_interactions": int(n_interactions),
+        "n_features": int(n_features),
         "dtype": dtype,
         "units": dict(UNITS),
         "ensemble_size": int(ensemble_size),

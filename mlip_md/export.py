@@ -13,6 +13,8 @@ from mlip_md.atomic import write_atomically
 from mlip_md.contract import DTYPES, METADATA_FILE, REQUIRED_METHODS, encode_metadata, make_metadata, quiet_torchscript
 from mlip_md.model.graph import edge_gradients, edge_lengths, pad_neighbors, padded_unit_vectors
 from mlip_md.model.hipnn import HIPNN
+from mlip_md.model.layered import LayerGraph, layer_edge_gradients, layer_graph, layer_reverse
+from mlip_md.model.layers import BlockState
 from mlip_md.version import __version__
 
 
@@ -23,6 +25,7 @@ class DeployedEnsemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.cutoff = members[0].cutoff
+        self.n_features = members[0].n_features
 
     def _within_cutoff(
         self, edge_index: torch.Tensor, edge_vectors: torch.Tensor
@@ -77,6 +80,73 @@ class DeployedEnsemble(nn.Module):
         return torch.stack(energies), gradients
 
     @torch.jit.export
+    def layer_graph(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_owned: int
+    ) -> LayerGraph:
+        """Layer stepping: a rank's graph, with only the owned atoms' edges (see :mod:`mlip_md.contract`)."""
+        return layer_graph(species, edge_index, edge_vectors, n_owned, self.cutoff)
+
+    @torch.jit.export
+    def layer_forward(
+        self, layer: int, graph: LayerGraph, features: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, List[BlockState]]:
+        """Layer stepping, forward: block ``layer`` of every member on the owned atoms.
+
+        ``features`` ``[M, N, F]`` of all nodes (ignored for layer 0). Returns the
+        output features ``[M, N, F]`` (rows of the owned atoms; zero for the
+        others, which the caller fills from their owners), the level's energies
+        ``[M, R]`` (eV) and the members' states for :meth:`layer_reverse`.
+        """
+        layout = graph.layout
+        n_nodes, n_owned = layout.species.shape[0], layout.neighbors.shape[0]
+        outputs: List[torch.Tensor] = []
+        energies: List[torch.Tensor] = []
+        states: List[BlockState] = []
+        for index, member in enumerate(self.members):
+            member_features = features[index] if layer > 0 else features
+            output, member_energies, state = member.layer_forward(layer, member_features, layout, graph.rows)
+            outputs.append(output)
+            energies.append(member_energies)
+            states.append(state)
+        owned = torch.stack(outputs)
+        padded = owned.new_zeros(owned.shape[0], n_nodes, owned.shape[2])
+        padded[:, :n_owned] = owned
+        return padded, torch.stack(energies), states
+
+    @torch.jit.export
+    def layer_reverse(
+        self, layer: int, graph: LayerGraph, states: List[BlockState], gradient: torch.Tensor,
+        radial: List[List[torch.Tensor]],
+    ) -> Tuple[torch.Tensor, List[List[torch.Tensor]]]:
+        """Layer stepping, reverse: block ``layer`` of every member, last block first.
+
+        ``gradient`` ``[M, N, F]``: what :meth:`layer_reverse` of block
+        ``layer + 1`` returned, with the ghosts' rows added to their owners
+        (an empty tensor for the last block); ``radial``: what it returned
+        (an empty list for the last block). Returns ∂E/∂(block input)
+        ``[M, N, F]`` of all nodes (ghost rows: partial sums for their
+        owners; empty for layer 0) and the updated ``radial``.
+        """
+        n_owned = graph.layout.neighbors.shape[0]
+        input_gradients: List[torch.Tensor] = []
+        updated: List[List[torch.Tensor]] = []
+        for index in range(len(states)):
+            member_gradient = gradient[index, :n_owned] if gradient.numel() > 0 else gradient
+            member_radial = radial[index] if len(radial) > 0 else torch.jit.annotate(List[torch.Tensor], [])
+            input_gradient, member_radial = layer_reverse(states[index], member_gradient, graph, member_radial)
+            input_gradients.append(input_gradient)
+            updated.append(member_radial)
+        if layer == 0:
+            return gradient.new_empty(0), updated
+        return torch.stack(input_gradients), updated
+
+    @torch.jit.export
+    def layer_edge_gradients(self, graph: LayerGraph, radial: List[List[torch.Tensor]]) -> torch.Tensor:
+        """Layer stepping, last: ∂E_m/∂r_e ``[M, E, 3]`` (eV/Å) of the owned atoms' energy, from
+        ``radial`` after :meth:`layer_reverse` of block 0."""
+        return layer_edge_gradients(graph, radial, self.cutoff)
+
+    @torch.jit.export
     def hessian(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         """∂²E_m/∂x∂x ``[M, 3N, 3N]`` (eV/Å²) of each member's total energy; row and
         column 3a + c are axis c of atom a. Forward-mode tangents of the
@@ -98,10 +168,12 @@ def _check_members(models: Sequence[HIPNN]) -> None:
             raise TypeError(f"export takes HIPNN models, got {type(model).__name__}")
     first = models[0]
     for index, model in enumerate(models[1:], start=1):
-        if model.species != first.species or model.cutoff != first.cutoff:
+        shape = (model.species, model.cutoff, len(model.blocks), model.n_features)
+        expected = (first.species, first.cutoff, len(first.blocks), first.n_features)
+        if shape != expected:
             raise ValueError(
-                f"ensemble member {index} has species {model.species} and cutoff {model.cutoff}, "
-                f"member 0 has {first.species} and {first.cutoff}; members must agree"
+                f"ensemble member {index} has species, cutoff, interaction blocks and features {shape}, "
+                f"member 0 has {expected}; members must agree (LAMMPS exchanges features layer by layer)"
             )
 
 
@@ -137,7 +209,8 @@ def export(
     metadata = make_metadata(
         species=members[0].species,
         cutoff=members[0].cutoff,
-        n_interactions=len(members[0].interactions),
+        n_interactions=len(members[0].blocks),
+        n_features=members[0].n_features,
         dtype=dtype,
         ensemble_size=len(members),
         model_config=[m.config for m in members],

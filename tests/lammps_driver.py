@@ -71,8 +71,8 @@ def _results(lmp, spec: dict) -> dict:
         "atom_energies": _gather(lmp, "c_pe_atom", 1)[order, 0],
         "atom_virials": -_gather(lmp, "c_virial_atom", 6)[order] / nktv2p,
         "atoms_per_rank": np.array(MPI.COMM_WORLD.allgather(lmp.extract_global("nlocal"))),
-        # model graph nodes and edges summed over ranks (compute pair mlip)
-        "graph": np.ctypeslib.as_array(lmp.extract_compute("graph", 0, 1), shape=(2,)).copy(),
+        # compute pair mlip summed over ranks: nodes, edges, model s, pair s, exchanged ghosts, exchange s
+        "graph": np.ctypeslib.as_array(lmp.extract_compute("graph", 0, 1), shape=(6,)).copy(),
     }
     if spec.get("ensemble"):
         results["forces_uncertainty"] = _gather(lmp, "f_sigma", 1)[order, 0]

@@ -27,6 +27,29 @@ _METHODS = {
         n = 3 * species.shape[0]
         return torch.zeros(1, n, n, dtype=torch.float64)
 ''',
+    # Layer stepping: only their presence is checked; the real ones pass opaque graphs and states.
+    "layer_graph": '''
+    @torch.jit.export
+    def layer_graph(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                    n_owned: int) -> torch.Tensor:
+        return edge_vectors
+''',
+    "layer_forward": '''
+    @torch.jit.export
+    def layer_forward(self, layer: int, graph: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return features
+''',
+    "layer_reverse": '''
+    @torch.jit.export
+    def layer_reverse(self, layer: int, graph: torch.Tensor, states: List[torch.Tensor], gradient: torch.Tensor,
+                      radial: List[List[torch.Tensor]]) -> torch.Tensor:
+        return gradient
+''',
+    "layer_edge_gradients": '''
+    @torch.jit.export
+    def layer_edge_gradients(self, graph: torch.Tensor, radial: List[List[torch.Tensor]]) -> torch.Tensor:
+        return graph
+''',
 }
 
 
@@ -60,7 +83,7 @@ def with_metadata(source, destination, change) -> str:
 
 def without_method(source, destination: Path, missing: str) -> str:
     """A TorchScript file with ``source``'s metadata and every contract method but ``missing``."""
-    code = "import torch\nfrom typing import Tuple\n\n\nclass Partial(torch.nn.Module):\n"
+    code = "import torch\nfrom typing import List, Tuple\n\n\nclass Partial(torch.nn.Module):\n"
     code += "".join(body for name, body in _METHODS.items() if name != missing and name in REQUIRED_METHODS)
     module_file = Path(destination).with_suffix(".py")
     module_file.write_text(code)

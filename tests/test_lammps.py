@@ -105,16 +105,27 @@ def per_atom_virials(atoms: Atoms, model: str) -> np.ndarray:
     return result.numpy()
 
 
-def assert_matches(lmp: dict, ref: dict, n_atoms: int, tolerance: float = 1e-6) -> None:
-    assert abs(lmp["energy"] - ref["energy"]) / n_atoms <= 1e-8 * (tolerance / 1e-6)
-    np.testing.assert_allclose(lmp["forces"], ref["forces"], rtol=0, atol=tolerance)
-    np.testing.assert_allclose(lmp["atom_energies"], ref["atom_energies"], rtol=0, atol=tolerance)
-    np.testing.assert_allclose(lmp["atom_virials"], ref["atom_virials"], rtol=0, atol=tolerance)
-    np.testing.assert_allclose(lmp["atom_virials"].sum(0), lmp["virial"], rtol=0, atol=1e-9)
-    if "virial" in ref:
-        np.testing.assert_allclose(lmp["virial"], ref["virial"], rtol=0, atol=tolerance)
-    if "forces_uncertainty" in ref:
-        np.testing.assert_allclose(lmp["forces_uncertainty"], ref["forces_uncertainty"], rtol=0, atol=tolerance)
+def assert_close(name: str, value, expected, relative: float = 1e-10) -> None:
+    """|value − expected| ≤ relative × max|expected|, elementwise (float64 results)."""
+    value, expected = np.asarray(value, dtype=float), np.asarray(expected, dtype=float)
+    scale = np.abs(expected).max()
+    error = np.abs(value - expected).max()
+    assert scale > 0 and error <= relative * scale, f"{name}: max |difference| {error:.3g} > {relative:g} × {scale:.3g}"
+
+
+def assert_matches(lmp: dict, ref: dict) -> None:
+    """Every quantity within 1e-10 of the ASE calculator's, relative to its largest magnitude."""
+    assert_close("energy", lmp["energy"], ref["energy"])
+    for name in ("forces", "atom_energies", "atom_virials", "virial", "forces_uncertainty"):
+        if name in ref:
+            assert_close(name, lmp[name], ref[name])
+    assert_close("per-atom virials summed", lmp["atom_virials"].sum(0), lmp["virial"])
+
+
+# (MPI ranks, pair_style mlip comm scheme): on one rank both schemes run the same path.
+LAYOUTS = [(1, "layer"), (2, "layer"), (4, "layer"), (2, "shell")]
+LAYOUT_IDS = ["1-rank", "2-ranks-layer", "4-ranks-layer", "2-ranks-shell"]
+layouts = pytest.mark.parametrize("ranks, scheme", LAYOUTS, ids=LAYOUT_IDS)
 
 
 def two_element_cell(seed=3) -> Atoms:
@@ -136,107 +147,119 @@ def molecule_cluster(n_atoms=20, seed=5) -> Atoms:
     return Atoms(symbols, positions=positions, cell=[40.0, 12.0, 12.0], pbc=False)
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 4])
-def test_triclinic_periodic_cell_matches_ase(tmp_path, plugin, model_file, ranks):
+@layouts
+def test_triclinic_periodic_cell_matches_ase(tmp_path, plugin, model_file, ranks, scheme):
     atoms = two_element_cell()
-    options = "threads 1 keep_freed_memory no" if ranks == 4 else ""
+    options = f"comm {scheme}" + (" threads 1 keep_freed_memory no" if ranks == 4 else "")
     lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, pair_options=options)
     ref = reference(atoms, model_file)
-    stress_lmp = -lmp["virial"] / atoms.get_volume()
-    stress_ref = -ref["virial"] / atoms.get_volume()
-    np.testing.assert_allclose(stress_lmp, stress_ref, rtol=0, atol=1e-6)  # eV/Å³
-    assert_matches(lmp, ref, len(atoms))
-    # each atom enters the model once on one rank; ghosts of other ranks add nodes on more
-    nodes, edges = lmp["graph"]
+    assert_close("stress", -lmp["virial"] / atoms.get_volume(), -ref["virial"] / atoms.get_volume())
+    assert_matches(lmp, ref)
+    # One rank and comm layer evaluate each atom once; comm shell also the other ranks' atoms near its own.
+    nodes, edges, _, _, ghosts, _ = lmp["graph"]
     n_edges = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 6.0).n_edges
-    if ranks == 1:
+    if ranks == 1 or scheme == "layer":
         assert (nodes, edges) == (len(atoms), n_edges)
+        assert (ghosts > 0) == (ranks > 1)  # features exchanged on several ranks only
     else:
-        assert nodes > len(atoms) and edges > n_edges
+        assert nodes > len(atoms) and edges > n_edges and ghosts == 0
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 4])
-def test_open_boundaries_and_empty_ranks_match_ase(tmp_path, plugin, model_file, ranks):
+@layouts
+def test_open_boundaries_and_empty_ranks_match_ase(tmp_path, plugin, model_file, ranks, scheme):
     # Slabs along x: on 2 ranks the cluster lies in the first, on 4 in the first two.
     atoms = molecule_cluster()
-    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, processors=f"{ranks} 1 1")
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, processors=f"{ranks} 1 1",
+                     pair_options=f"comm {scheme}")
     expected_empty = {1: 0, 2: 1, 4: 2}[ranks]
     assert (lmp["atoms_per_rank"] == 0).sum() == expected_empty
-    assert_matches(lmp, reference(atoms, model_file), len(atoms))
+    assert_matches(lmp, reference(atoms, model_file))
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_shrink_wrapped_boundaries_match_ase(tmp_path, plugin, model_file, ranks):
+@layouts
+def test_shrink_wrapped_boundaries_match_ase(tmp_path, plugin, model_file, ranks, scheme):
     atoms = molecule_cluster(seed=6)
-    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, boundary="s s s")
-    assert_matches(lmp, reference(atoms, model_file), len(atoms))
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, boundary="s s s",
+                     pair_options=f"comm {scheme}")
+    assert_matches(lmp, reference(atoms, model_file))
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_deleted_atoms_leave_non_consecutive_ids(tmp_path, plugin, model_file, ranks):
+@layouts
+def test_deleted_atoms_leave_non_consecutive_ids(tmp_path, plugin, model_file, ranks, scheme):
     atoms = two_element_cell(seed=5)
     deleted = [2, 7, 8, 15]
-    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, delete_ids=deleted)
+    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, delete_ids=deleted,
+                     pair_options=f"comm {scheme}")
     kept = [k for k in range(len(atoms)) if k + 1 not in deleted]
     np.testing.assert_array_equal(lmp["ids"], [k + 1 for k in kept])
-    assert_matches(lmp, reference(atoms[kept], model_file), len(kept))
+    assert_matches(lmp, reference(atoms[kept], model_file))
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_ensemble_uncertainty_matches_ase_on_one_and_two_ranks(tmp_path, plugin, ensemble_file, ranks):
+@layouts
+def test_ensemble_uncertainty_matches_ase(tmp_path, plugin, ensemble_file, ranks, scheme):
     atoms = two_element_cell(seed=6)
-    lmp = run_lammps(tmp_path, atoms, ensemble_file, ["Al", "Cu"], ranks, ensemble=True)
+    lmp = run_lammps(tmp_path, atoms, ensemble_file, ["Al", "Cu"], ranks, ensemble=True,
+                     pair_options=f"comm {scheme}")
     ref = reference(atoms, ensemble_file)
     assert ref["forces_uncertainty"].min() > 1e-3  # the members really disagree
-    assert_matches(lmp, ref, len(atoms))
+    assert_matches(lmp, ref)
 
 
-def test_ensemble_uncertainty_with_empty_ranks(tmp_path, plugin, ensemble_file):
-    # 4 slabs along x, the cluster in the first two: empty ranks join the reverse communication too
+@pytest.mark.parametrize("scheme", ["layer", "shell"])
+def test_ensemble_uncertainty_with_empty_ranks(tmp_path, plugin, ensemble_file, scheme):
+    # 4 slabs along x, the cluster in the first two: empty ranks join every exchange too
     atoms = molecule_cluster(seed=7)
-    lmp = run_lammps(tmp_path, atoms, ensemble_file, ["Al", "Cu"], 4, processors="4 1 1", ensemble=True)
+    lmp = run_lammps(tmp_path, atoms, ensemble_file, ["Al", "Cu"], 4, processors="4 1 1", ensemble=True,
+                     pair_options=f"comm {scheme}")
     assert (lmp["atoms_per_rank"] == 0).sum() == 2
-    assert_matches(lmp, reference(atoms, ensemble_file), len(atoms))
+    assert_matches(lmp, reference(atoms, ensemble_file))
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_hybrid_overlay_with_a_null_type(tmp_path, plugin, model_file, ranks):
+@layouts
+@pytest.mark.parametrize("which", ["model_file", "ensemble_file"])
+def test_hybrid_overlay_with_a_null_type(request, tmp_path, plugin, ranks, scheme, which):
     # Type 3 is NULL for mlip (left to pair_style zero): the model sees the Al/Cu atoms only.
+    # hybrid sizes the exchange buffers before pair_coeff loads the model (the ensemble's are wider).
+    model = request.getfixturevalue(which)
+    ensemble = which == "ensemble_file"
     atoms = two_element_cell(seed=7)
     types = [1 + k % 3 for k in range(len(atoms))]
-    lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu", "NULL"], ranks, types=types, hybrid=True)
+    lmp = run_lammps(tmp_path, atoms, model, ["Al", "Cu", "NULL"], ranks, types=types, hybrid=True,
+                     pair_options=f"comm {scheme}", ensemble=ensemble)
     mapped = [k for k, t in enumerate(types) if t != 3]
     subset = atoms[mapped]
     subset.set_chemical_symbols(["Al" if types[k] == 1 else "Cu" for k in mapped])
-    ref = reference(subset, model_file)
+    ref = reference(subset, model)
     unmapped = [k for k, t in enumerate(types) if t == 3]
     assert np.abs(lmp["forces"][unmapped]).max() == 0.0
     assert np.abs(lmp["atom_energies"][unmapped]).max() == 0.0
-    trimmed = {key: lmp[key][mapped] for key in ("forces", "atom_energies", "atom_virials")}
+    per_atom = ("forces", "atom_energies", "atom_virials") + (("forces_uncertainty",) if ensemble else ())
+    trimmed = {key: lmp[key][mapped] for key in per_atom}
     trimmed.update(energy=lmp["energy"], virial=lmp["virial"])
-    assert_matches(trimmed, ref, len(mapped))
+    assert_matches(trimmed, ref)
 
 
 def test_two_atom_types_may_share_an_element(tmp_path, plugin, model_file):
     atoms = two_element_cell(seed=3)
     types = [2 if s == "Cu" else 1 + 2 * (k % 2) for k, s in enumerate(atoms.get_chemical_symbols())]
     lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu", "Al"], 2, types=types)
-    assert_matches(lmp, reference(atoms, model_file), len(atoms))
+    assert_matches(lmp, reference(atoms, model_file))
 
 
-def test_float32_model_matches_ase(tmp_path, plugin):
+@pytest.mark.parametrize("scheme", ["layer", "shell"])
+def test_float32_model_matches_ase(tmp_path, plugin, scheme):
     model = mlip_md.export(make_model(), tmp_path / "model32.pt", dtype="float32")
     atoms = two_element_cell(seed=9)
-    lmp = run_lammps(tmp_path, atoms, model, ["Al", "Cu"], 2)
+    lmp = run_lammps(tmp_path, atoms, model, ["Al", "Cu"], 2, pair_options=f"comm {scheme}")
     ref = reference(atoms, model)
-    assert abs(lmp["energy"] - ref["energy"]) / len(atoms) < 1e-5
-    np.testing.assert_allclose(lmp["forces"], ref["forces"], rtol=0, atol=1e-4)
+    assert_close("energy", lmp["energy"], ref["energy"], 1e-6)
+    assert_close("forces", lmp["forces"], ref["forces"], 1e-4)
 
 
 def test_newton_off_works_on_one_rank(tmp_path, plugin, model_file):
     atoms = two_element_cell(seed=10)
     lmp = run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], 1, newton="off")
-    assert_matches(lmp, reference(atoms, model_file), len(atoms))
+    assert_matches(lmp, reference(atoms, model_file))
 
 
 def test_nve_conserves_energy_over_10_ps(tmp_path, plugin):
@@ -254,12 +277,14 @@ def test_nve_conserves_energy_over_10_ps(tmp_path, plugin):
     assert spread < 1e-4
 
 
-def test_md_trajectory_is_the_same_on_one_and_two_ranks(tmp_path, plugin, model_file):
+@pytest.mark.parametrize("scheme", ["layer", "shell"])
+def test_md_trajectory_is_the_same_on_one_and_two_ranks(tmp_path, plugin, model_file, scheme):
     # A thin skin (0.3 Å) makes LAMMPS rebuild its lists and re-exchange ghosts
     # often: atoms cross the cutoff and move between ranks during the run.
     atoms = two_element_cell(seed=3)
     nve = {"steps": 200, "timestep_fs": 1.0, "temperature": 1200.0, "every": 50, "skin": 0.3}
-    one, two = (run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, nve=nve) for ranks in (1, 2))
+    one, two = (run_lammps(tmp_path, atoms, model_file, ["Al", "Cu"], ranks, nve=nve, pair_options=f"comm {scheme}")
+                for ranks in (1, 2))
     assert one["neighbor_builds"] >= 5
     np.testing.assert_allclose(two["nve_energies"], one["nve_energies"], rtol=0, atol=1e-8)
     np.testing.assert_allclose(two["positions"], one["positions"], rtol=0, atol=1e-8)
@@ -307,6 +332,7 @@ def wrong_version_file(tmp_path: Path, model_file: str) -> str:
         ("unknown option", "unknown option 'fast'"),
         ("option without value", "option 'threads' needs a value"),
         ("bad thread count", "threads must be >= 1"),
+        ("unknown scheme", "comm must be layer or shell, got 'halo'"),
     ],
 )
 def test_bad_input_ends_in_a_lammps_error(tmp_path, plugin, model_file, case, message):
@@ -322,6 +348,7 @@ def test_bad_input_ends_in_a_lammps_error(tmp_path, plugin, model_file, case, me
         "unknown option": "pair_style mlip fast",
         "option without value": "pair_style mlip threads",
         "bad thread count": "pair_style mlip threads 0",
+        "unknown scheme": "pair_style mlip comm halo",
     }[case]
     result = run_lmp(tmp_path, lmp_deck(tmp_path, pair, units="real" if case == "units real" else "metal"))
     output = result.stdout + result.stderr
@@ -383,8 +410,9 @@ def test_single_model_uncertainty_is_refused_by_both_serving_paths(tmp_path, plu
         atoms.calc.get_property("forces_uncertainty", atoms)
 
 
-def test_newton_off_on_two_ranks_is_refused(tmp_path, plugin, model_file):
-    deck = lmp_deck(tmp_path, f"pair_style mlip\npair_coeff * * {model_file} Al Cu", newton="off")
+@pytest.mark.parametrize("scheme", ["layer", "shell"])
+def test_newton_off_on_two_ranks_is_refused(tmp_path, plugin, model_file, scheme):
+    deck = lmp_deck(tmp_path, f"pair_style mlip comm {scheme}\npair_coeff * * {model_file} Al Cu", newton="off")
     result = run_lmp(tmp_path, deck, ranks=2)
     assert result.returncode > 0
     assert "requires newton_pair on" in result.stdout + result.stderr

@@ -59,6 +59,7 @@ class PaddedNeighbors(NamedTuple):
     """
 
     species: torch.Tensor  # [N] int64, index into the model's element list
+    # The rows are all N atoms, or only the first R (pad_neighbors' n_rows): then [R, K] below.
     neighbors: torch.Tensor  # [N, K] int64, neighbour atom index j
     distances: torch.Tensor  # [N, K] float, |r_ij| in Å
     radial_terms: torch.Tensor  # [4, N, K] float: 1/r², 1/r, 1, log φ_cut(r)
@@ -80,14 +81,17 @@ def pad_neighbors(
     edge_index: torch.Tensor,
     distances: torch.Tensor,
     cutoff: float,
+    n_rows: int = -1,
 ) -> PaddedNeighbors:
     """Builds the padded layout from ``edge_index`` ``[2, E]`` and edge lengths ``distances`` ``[E]`` (Å).
 
     Edges may come in any order; they are sorted by the centre atom ``i`` when
     they are not already. The layout stays differentiable with respect to
-    ``distances``.
+    ``distances``. ``n_rows`` ≥ 0: rows for the first ``n_rows`` atoms only
+    (every edge's centre must be one of them), whose neighbours may be any of
+    the N atoms of ``species`` (see :mod:`mlip_md.model.layered`).
     """
-    n_atoms = species.shape[0]
+    n_atoms = species.shape[0] if n_rows < 0 else n_rows
     centers = edge_index[0]
     others = edge_index[1]
     n_edges = centers.shape[0]

@@ -146,6 +146,32 @@ class HIPNN(nn.Module):
         radial_gradient = reverse_pass(states, graph.neighbors, rows, n_owned)
         return energies, distance_gradient(radial_gradient, graph.distances, self.cutoff)
 
+    def layer_forward(
+        self, layer: int, features: torch.Tensor, graph: PaddedNeighbors, rows: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, BlockState]:
+        """Block ``layer`` (0-based) alone, on the R atoms with rows in ``graph`` (layer stepping,
+        :mod:`mlip_md.model.layered`).
+
+        ``features`` ``[N, F_in]``: level ``layer``'s features of all N atoms
+        (ignored for layer 0, whose input is the species one-hot). Returns the
+        block's output features ``[R, F_out]``, the level's per-atom energies
+        ``[R]`` in eV (with the reference energies at layer 0) and the block's
+        state for :func:`mlip_md.model.layered.layer_reverse`; the blocks of
+        ``rows`` atoms are those of :meth:`energies_and_distance_gradients`.
+        """
+        results: List[Tuple[torch.Tensor, torch.Tensor, BlockState]] = []
+        for index, block in enumerate(self.blocks):  # TorchScript cannot index a ModuleList by a variable
+            if index == layer:
+                block_input = self._one_hot(graph) if index == 0 else features
+                output, state = block.forward_saving(block_input, graph, rows, False)
+                energies = block.energies(output)
+                if index == 0:
+                    energies = energies + self.reference_energies[graph.species[: output.shape[0]]]
+                results.append((output, energies, state))
+        if len(results) == 0:
+            raise ValueError(f"layer {layer} is not a block of this model")
+        return results[0]
+
     def _one_hot(self, graph: PaddedNeighbors) -> torch.Tensor:
         """The species one-hot ``[N, n_species]``, the first block's input."""
         return nn.functional.one_hot(graph.species, self.n_species).to(self.reference_energies.dtype)

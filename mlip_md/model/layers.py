@@ -290,14 +290,17 @@ class Interaction(nn.Module):
         self, features: torch.Tensor, graph: PaddedNeighbors, rows: int, coefficients: torch.Tensor,
         uniform_input: bool,
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """:meth:`pre_activation` ``[N, n_out]`` of all atoms, computed on blocks of ``rows`` atoms,
-        and the sensitivities ``[B, K, n_sens]`` of each block, kept for the reverse pass."""
+        """:meth:`pre_activation` ``[R, n_out]`` of the R atoms that have rows in ``graph`` (all N
+        atoms, or the first R: see :mod:`mlip_md.model.layered`), computed on blocks of ``rows``
+        atoms, and the sensitivities ``[B, K, n_sens]`` of each block, kept for the reverse pass."""
         pre_blocks: List[torch.Tensor] = []
         sensitivity_blocks: List[torch.Tensor] = []
-        for start in range(0, features.shape[0], rows):
+        n_rows = graph.neighbors.shape[0]
+        for start in range(0, n_rows, rows):
+            stop = min(start + rows, n_rows)
             block_pre, block_sensitivities = self.pre_activation(
-                features, graph.neighbors[start : start + rows], graph.radial_terms[:, start : start + rows],
-                features[start : start + rows], coefficients, uniform_input,
+                features, graph.neighbors[start:stop], graph.radial_terms[:, start:stop],
+                features[start:stop], coefficients, uniform_input,
             )
             pre_blocks.append(block_pre)
             sensitivity_blocks.append(block_sensitivities)

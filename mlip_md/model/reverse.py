@@ -64,6 +64,7 @@ def interaction_reverse(
     radial_coefficients: torch.Tensor,
     input_gradient: bool,
     uniform_input: bool = False,
+    scatter: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Reverse pass of the neighbour part of :meth:`~mlip_md.model.layers.Interaction.pre_activation` for the
     block of B atoms from ``start``.
@@ -79,11 +80,14 @@ def interaction_reverse(
         uniform_input: every input feature is 1 (see :class:`~mlip_md.model.layers.BlockState`).
 
     Returns ∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, B, K]`` and, if ``input_gradient``,
-    the neighbour-sum part of ∂E/∂features ``[B, n_in]`` (else an empty tensor).
-    The latter uses the symmetry of the full neighbour list: atom j receives
-    Σ_i s(r_ij) ∂E/∂(environment of i) over the atoms i that list j, and
-    these are the atoms j lists, at the same distances. So it is again a
-    neighbour sum, over j's own row, with no scatter.
+    the neighbour-sum part of ∂E/∂features (else an empty tensor). Atom j
+    receives Σ_i s(r_ij) ∂E/∂(environment of i) over the atoms i that list j.
+    By default these are the atoms j lists, at the same distances (the
+    symmetry of the full neighbour list), so the block's own atoms get their
+    share ``[B, n_in]`` as a neighbour sum over their own rows, with no
+    scatter. With ``scatter`` (rows for only some atoms, see
+    :mod:`mlip_md.model.layered`) it is each slot's share ``[B, K, n_in]``,
+    which the caller adds to the slot's neighbour.
 
     Below the exponent floor a sensitivity is constant and its true
     derivative 0; this pass uses the floor's sensitivity (2^−115 in float64,
@@ -98,36 +102,51 @@ def interaction_reverse(
     radial_gradient = radial_reverse(environment_gradient, neighbor_features, sensitivities, radial_coefficients)
     if not input_gradient:
         return radial_gradient, torch.empty(0, dtype=features.dtype, device=features.device)
+    if scatter:
+        return radial_gradient, torch.bmm(sensitivities, environment_gradient.transpose(1, 2))
     environments = neighbor_sum(sensitivities, gather_neighbors(pre_gradient, neighbors))  # [B, n_out, n_sens]
     return radial_gradient, environments.reshape(n_block, -1) @ transposed_weights
 
 
 def block_reverse(
-    state: BlockState, gradient: torch.Tensor, neighbors: torch.Tensor, rows: int, radial_blocks: List[torch.Tensor]
+    state: BlockState, gradient: torch.Tensor, neighbors: torch.Tensor, rows: int, radial_blocks: List[torch.Tensor],
+    scatter: bool = False,
 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-    """One block's reverse pass from ∂E/∂(block output) ``gradient`` ``[N, F_out]``.
+    """One block's reverse pass from ∂E/∂(block output) ``gradient`` ``[R, F_out]`` of the R atoms
+    with rows in ``neighbors`` ``[R, K]``.
 
-    Returns ∂E/∂(block input) ``[N, F_in]`` (an empty tensor when the state
-    wants no input gradient) and ``radial_blocks``, ∂E/∂(1/r², 1/r, 1, log φ_cut)
-    ``[4, B, K]`` per block of ``rows`` atoms of ``neighbors`` ``[N, K]``, with
-    this block's share added (started when ``radial_blocks`` is empty).
+    Returns ∂E/∂(block input) (an empty tensor when the state wants no input
+    gradient) and ``radial_blocks``, ∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, B, K]``
+    per block of ``rows`` atoms, with this block's share added (started when
+    ``radial_blocks`` is empty). The input gradient is ``[R, F_in]`` when the
+    rows are every atom (R = N, a full neighbour list); with ``scatter`` it is
+    ``[N, F_in]`` for all N atoms of ``state.features``: the R rows' shares
+    added to their neighbours, as the atoms beyond R have no rows.
     """
-    pre_gradient = output_gradients(state, gradient)[0] * state.derivatives[0]  # [N, F_out]
+    pre_gradient = output_gradients(state, gradient)[0] * state.derivatives[0]  # [R, F_out]
     weights = state.interaction_weights
     transposed = reverse_weights(weights, state.coefficients.shape[1])
     summed: List[torch.Tensor] = []
     neighbor_parts: List[torch.Tensor] = []
+    input_gradient = pre_gradient.new_zeros(state.features.shape) if scatter and state.input_gradient else None
     for index, start in enumerate(range(0, neighbors.shape[0], rows)):
+        block_neighbors = neighbors[start : start + rows]
         radial, neighbor_part = interaction_reverse(
-            pre_gradient, state.features, start, neighbors[start : start + rows], state.sensitivities[index],
-            weights, transposed, state.coefficients, state.input_gradient, state.uniform_input,
+            pre_gradient, state.features, start, block_neighbors, state.sensitivities[index],
+            weights, transposed, state.coefficients, state.input_gradient, state.uniform_input, scatter,
         )
         # Summed over the levels block by block, while each block is still in cache.
         summed.append(radial if len(radial_blocks) == 0 else radial_blocks[index] + radial)
-        neighbor_parts.append(neighbor_part)
+        if input_gradient is not None:
+            input_gradient.index_add_(0, block_neighbors.reshape(-1), neighbor_part.view(-1, neighbor_part.shape[2]))
+        else:
+            neighbor_parts.append(neighbor_part)
     if not state.input_gradient:
         return pre_gradient.new_empty(0), summed
     # self-interaction part plus neighbour part
+    if input_gradient is not None:
+        input_gradient[: pre_gradient.shape[0]] += pre_gradient @ state.self_weight
+        return input_gradient, summed
     return pre_gradient @ state.self_weight + torch.cat(neighbor_parts), summed
 
 
