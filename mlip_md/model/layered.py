@@ -14,12 +14,13 @@ forward, block ``l`` = 0 … L−1
 reverse, block ``l`` = L−1 … 0
     from ∂E/∂(block output) of the owned atoms (the level's read-out plus
     what block ``l + 1`` returned, completed by the caller), ∂E/∂(block
-    input) ``[N, F]`` of all nodes: each owned row adds its share to its
-    neighbours (:func:`mlip_md.model.reverse.block_reverse` with
-    ``scatter``). The ghosts' rows are partial sums that the caller adds to
-    their owners (LAMMPS reverse communication) before block ``l − 1``;
-    E is Σ of the owned atoms' energies over all ranks, so the owners' rows
-    then hold the full gradient.
+    input) ``[N, F]`` of all nodes (:func:`mlip_md.model.reverse.block_reverse`):
+    an owned atom gets the shares of its owned neighbours by the symmetry of
+    the full list, a ghost those of the owned atoms that list it
+    (:func:`~mlip_md.model.reverse.ghost_shares`). The ghosts' rows are
+    partial sums that the caller adds to their owners (LAMMPS reverse
+    communication) before block ``l − 1``; E is Σ of the owned atoms'
+    energies over all ranks, so the owners' rows then hold the full gradient.
 
 The distance gradients of every block are summed per block of rows and
 turned into edge gradients at the end. The results equal one pass over the
@@ -92,7 +93,7 @@ def layer_reverse(
     n_rows = graph.layout.neighbors.shape[0]
     readout = state.readout_weight.expand(n_rows, state.readout_weight.shape[1])
     total = readout if gradient.numel() == 0 else gradient + readout
-    return block_reverse(state, total, graph.layout.neighbors, graph.rows, radial_blocks, True)
+    return block_reverse(state, total, graph.layout.neighbors, graph.rows, radial_blocks)
 
 
 def layer_edge_gradients(graph: LayerGraph, radial_blocks: List[List[torch.Tensor]], cutoff: float) -> torch.Tensor:

@@ -64,7 +64,6 @@ def interaction_reverse(
     radial_coefficients: torch.Tensor,
     input_gradient: bool,
     uniform_input: bool = False,
-    scatter: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Reverse pass of the neighbour part of :meth:`~mlip_md.model.layers.Interaction.pre_activation` for the
     block of B atoms from ``start``.
@@ -80,14 +79,11 @@ def interaction_reverse(
         uniform_input: every input feature is 1 (see :class:`~mlip_md.model.layers.BlockState`).
 
     Returns ∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, B, K]`` and, if ``input_gradient``,
-    the neighbour-sum part of ∂E/∂features (else an empty tensor). Atom j
-    receives Σ_i s(r_ij) ∂E/∂(environment of i) over the atoms i that list j.
-    By default these are the atoms j lists, at the same distances (the
-    symmetry of the full neighbour list), so the block's own atoms get their
-    share ``[B, n_in]`` as a neighbour sum over their own rows, with no
-    scatter. With ``scatter`` (rows for only some atoms, see
-    :mod:`mlip_md.model.layered`) it is each slot's share ``[B, K, n_in]``,
-    which the caller adds to the slot's neighbour.
+    the neighbour-sum part of ∂E/∂features ``[B, n_in]`` (else an empty tensor).
+    The latter uses the symmetry of the full neighbour list: atom j receives
+    Σ_i s(r_ij) ∂E/∂(environment of i) over the atoms i that list j, and
+    these are the atoms j lists, at the same distances. So it is again a
+    neighbour sum, over j's own row, with no scatter.
 
     Below the exponent floor a sensitivity is constant and its true
     derivative 0; this pass uses the floor's sensitivity (2^−115 in float64,
@@ -102,52 +98,79 @@ def interaction_reverse(
     radial_gradient = radial_reverse(environment_gradient, neighbor_features, sensitivities, radial_coefficients)
     if not input_gradient:
         return radial_gradient, torch.empty(0, dtype=features.dtype, device=features.device)
-    if scatter:
-        return radial_gradient, torch.bmm(sensitivities, environment_gradient.transpose(1, 2))
     environments = neighbor_sum(sensitivities, gather_neighbors(pre_gradient, neighbors))  # [B, n_out, n_sens]
     return radial_gradient, environments.reshape(n_block, -1) @ transposed_weights
 
 
+def ghost_shares(
+    pre_gradient: torch.Tensor, start: int, neighbors: torch.Tensor, sensitivities: torch.Tensor,
+    interaction_weights: torch.Tensor, n_rows: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What the block of B rows from ``start`` adds to ∂E/∂features of its neighbours that have
+    no rows (index ≥ ``n_rows``): (their indices ``[P]``, shares ``[P, n_in]``), one per slot.
+
+    Σ_ν s(r_ij)_ν ∂E/∂(environment of i)_{b, ν} for each such slot (i, j);
+    ``pre_gradient`` ``[R, n_out]``, ``neighbors`` ``[B, K]``, ``sensitivities``
+    ``[B, K, n_sens]``.
+    """
+    slots = torch.nonzero(neighbors >= n_rows)  # padding slots point at atom 0, a row
+    rows, columns = slots[:, 0], slots[:, 1]
+    n_sens = sensitivities.shape[2]
+    n_in = interaction_weights.shape[0] // n_sens
+    environment_gradient = (pre_gradient[start + rows] @ interaction_weights.t()).view(rows.shape[0], n_in, n_sens)
+    shares = torch.bmm(environment_gradient, sensitivities[rows, columns].unsqueeze(2)).squeeze(2)
+    return neighbors[rows, columns], shares
+
+
 def block_reverse(
-    state: BlockState, gradient: torch.Tensor, neighbors: torch.Tensor, rows: int, radial_blocks: List[torch.Tensor],
-    scatter: bool = False,
+    state: BlockState, gradient: torch.Tensor, neighbors: torch.Tensor, rows: int, radial_blocks: List[torch.Tensor]
 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """One block's reverse pass from ∂E/∂(block output) ``gradient`` ``[R, F_out]`` of the R atoms
-    with rows in ``neighbors`` ``[R, K]``.
+    with rows in ``neighbors`` ``[R, K]``: all N atoms of ``state.features``, or the first R.
 
-    Returns ∂E/∂(block input) (an empty tensor when the state wants no input
-    gradient) and ``radial_blocks``, ∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, B, K]``
-    per block of ``rows`` atoms, with this block's share added (started when
-    ``radial_blocks`` is empty). The input gradient is ``[R, F_in]`` when the
-    rows are every atom (R = N, a full neighbour list); with ``scatter`` it is
-    ``[N, F_in]`` for all N atoms of ``state.features``: the R rows' shares
-    added to their neighbours, as the atoms beyond R have no rows.
+    Returns ∂E/∂(block input) ``[N, F_in]`` (an empty tensor when the state
+    wants no input gradient) and ``radial_blocks``, ∂E/∂(1/r², 1/r, 1, log φ_cut)
+    ``[4, B, K]`` per block of ``rows`` atoms, with this block's share added
+    (started when ``radial_blocks`` is empty). The rows' atoms get their
+    neighbours' shares by the symmetry of the full list (see
+    :func:`interaction_reverse`), from the neighbours that have rows; atoms
+    without rows get theirs from :func:`ghost_shares` (see
+    :mod:`mlip_md.model.layered`).
     """
     pre_gradient = output_gradients(state, gradient)[0] * state.derivatives[0]  # [R, F_out]
+    n_rows, n_atoms = pre_gradient.shape[0], state.features.shape[0]
+    partial = n_rows < n_atoms and state.input_gradient
+    # the atoms without rows take no part in the symmetric sums: zero rows
+    gathered = torch.cat([pre_gradient, pre_gradient.new_zeros(n_atoms - n_rows, pre_gradient.shape[1])]) \
+        if partial else pre_gradient
     weights = state.interaction_weights
     transposed = reverse_weights(weights, state.coefficients.shape[1])
     summed: List[torch.Tensor] = []
     neighbor_parts: List[torch.Tensor] = []
-    input_gradient = pre_gradient.new_zeros(state.features.shape) if scatter and state.input_gradient else None
-    for index, start in enumerate(range(0, neighbors.shape[0], rows)):
+    ghost_atoms: List[torch.Tensor] = []
+    ghost_parts: List[torch.Tensor] = []
+    for index, start in enumerate(range(0, n_rows, rows)):
         block_neighbors = neighbors[start : start + rows]
         radial, neighbor_part = interaction_reverse(
-            pre_gradient, state.features, start, block_neighbors, state.sensitivities[index],
-            weights, transposed, state.coefficients, state.input_gradient, state.uniform_input, scatter,
+            gathered, state.features, start, block_neighbors, state.sensitivities[index],
+            weights, transposed, state.coefficients, state.input_gradient, state.uniform_input,
         )
         # Summed over the levels block by block, while each block is still in cache.
         summed.append(radial if len(radial_blocks) == 0 else radial_blocks[index] + radial)
-        if input_gradient is not None:
-            input_gradient.index_add_(0, block_neighbors.reshape(-1), neighbor_part.view(-1, neighbor_part.shape[2]))
-        else:
-            neighbor_parts.append(neighbor_part)
+        neighbor_parts.append(neighbor_part)
+        if partial:
+            atoms, shares = ghost_shares(pre_gradient, start, block_neighbors, state.sensitivities[index], weights,
+                                         n_rows)
+            ghost_atoms.append(atoms)
+            ghost_parts.append(shares)
     if not state.input_gradient:
         return pre_gradient.new_empty(0), summed
     # self-interaction part plus neighbour part
-    if input_gradient is not None:
-        input_gradient[: pre_gradient.shape[0]] += pre_gradient @ state.self_weight
-        return input_gradient, summed
-    return pre_gradient @ state.self_weight + torch.cat(neighbor_parts), summed
+    own = pre_gradient @ state.self_weight + torch.cat(neighbor_parts)
+    if not partial:
+        return own, summed
+    input_gradient = torch.cat([own, own.new_zeros(n_atoms - n_rows, own.shape[1])])
+    return input_gradient.index_add_(0, torch.cat(ghost_atoms), torch.cat(ghost_parts)), summed
 
 
 def reverse_pass(states: List[BlockState], neighbors: torch.Tensor, rows: int, n_owned: int) -> torch.Tensor:
