@@ -500,7 +500,7 @@ void PairMLIP::tally_members(const Evaluation &result)
 
 int PairMLIP::pack_reverse_comm(int n, int first, double *buf)
 {
-  if (exchanging == Exchange::node_rows) return pack_rows(n, nullptr, first, buf);
+  if (exchanging == Exchange::node_rows) return pack_rows(n, nullptr, first, buf, true);
   int columns = 3 * model->ensemble_size, m = 0;
   for (int i = first; i < first + n; i++)
     for (int c = 0; c < columns; c++) buf[m++] = member_forces[i][c];

@@ -115,7 +115,7 @@ class PairMLIP : public Pair {
   torch::Tensor exchange;              // [M, n_nodes, F] float64: features or feature gradients
   std::vector<int> row_of_atom;        // [nall] neighbour-list row of each atom, -1 if none
   std::vector<int> within;             // scratch: one atom's neighbour-list entries within the cutoff
-  mlip::TagMap node_of_tag;            // graph node of each atom ID, -1 if none
+  mlip::TagMap node_of_tag;            // graph node of each atom ID, -1 if none (comm layer: owned atoms)
   int nmax_peratom = 0;                // allocated rows of the per-atom arrays below
   double *forces_uncertainty = nullptr;  // [nmax] eV/Angstrom
   double **member_forces = nullptr;      // [nmax][3M] forces of each ensemble member
@@ -138,7 +138,7 @@ class PairMLIP : public Pair {
   Evaluation evaluate_layers();
   Evaluation summarize(const torch::Tensor &energies, const torch::Tensor &member_gradients);
   torch::Tensor exchanged(const torch::Tensor &rows, bool forward);
-  int pack_rows(int n, const int *atoms, int first, double *buf);
+  int pack_rows(int n, const int *atoms, int first, double *buf, bool ghost_shares);
   void unpack_rows(int n, const int *atoms, int first, const double *buf, bool add);
   void tally(const Evaluation &result);
   template <typename Scalar> double tally_forces(const Scalar *gradients);

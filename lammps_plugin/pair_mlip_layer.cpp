@@ -23,9 +23,11 @@
 using namespace LAMMPS_NS;
 
 /* Nodes are the atoms of the model's types, owned ones first (LAMMPS indexes
-   owned atoms before ghosts); every periodic image is its own node, as
-   LAMMPS's communication fills each ghost separately. Edges are the owned
-   atoms' pairs within the cutoff. */
+   owned atoms before ghosts). A ghost that is a periodic image of an owned
+   atom shares that atom's node (as on one rank); every other ghost is a node
+   of its own, filled by LAMMPS's communication, even where several are
+   images of one atom (a relayed ghost's gradient must travel back along the
+   path it came). Edges are the owned atoms' pairs within the cutoff. */
 
 void PairMLIP::build_layer_graph()
 {
@@ -37,11 +39,21 @@ void PairMLIP::build_layer_graph()
 
   graph.clear();
   node_of_atom.assign(nall, -1);
-  for (int a = 0; a < nall; a++)
-    if (species_of_type[type[a]] >= 0) graph.add_node(a, node_of_atom[a]);
-  graph.n_local_nodes = 0;
-  while (graph.n_local_nodes < graph.n_nodes() && graph.node_atom[graph.n_local_nodes] < nlocal)
-    graph.n_local_nodes++;
+  node_of_tag.reset(tag, nall);
+  for (int a = 0; a < nlocal; a++)
+    if (species_of_type[type[a]] >= 0) {
+      graph.add_node(a, node_of_atom[a]);
+      node_of_tag.slot(tag[a]) = node_of_atom[a];
+    }
+  graph.n_local_nodes = graph.n_nodes();
+  for (int a = nlocal; a < nall; a++) {
+    if (species_of_type[type[a]] < 0) continue;
+    int owned = node_of_tag.slot(tag[a]);
+    if (owned >= 0)
+      node_of_atom[a] = owned;
+    else
+      graph.add_node(a, node_of_atom[a]);
+  }
 
   row_of_atom.assign(nlocal, -1);
   for (int row = 0; row < list->inum; row++)
@@ -62,7 +74,9 @@ void PairMLIP::build_layer_graph()
       if (r2 < 1e-16)
         error->one(FLERR, "pair_style mlip: atoms ID {} and ID {} sit on top of each other (distance {:.2g} A)",
                    tag[i], tag[j], std::sqrt(r2));
-      graph.add_edge(node, node_of_atom[j], i, j, d);    // a ghost's force goes to its owner with the others
+      int target = node_of_atom[j];
+      // an image of an owned atom takes its force directly, other ghosts through LAMMPS's reverse communication
+      graph.add_edge(node, target, i, target < graph.n_local_nodes ? graph.node_atom[target] : j, d);
     }
   }
 }
@@ -148,15 +162,19 @@ torch::Tensor PairMLIP::exchanged(const torch::Tensor &rows, bool forward)
 
 /* Packs the rows of `exchange` of the atoms atoms[k] (or first + k when
    atoms is null), every member's F values per atom; zeros for an atom
-   outside the model. Returns the number of values. */
+   outside the model and, with `ghost_shares`, for an image of an owned atom
+   (its share is in the owned row already). Returns the number of values. */
 
-int PairMLIP::pack_rows(int n, const int *atoms, int first, double *buf)
+int PairMLIP::pack_rows(int n, const int *atoms, int first, double *buf, bool ghost_shares)
 {
   int members = model->ensemble_size, width = model->n_features, n_nodes = graph.n_nodes();
+  int nlocal = atom->nlocal;
   const double *data = exchange.data_ptr<double>();
   int m = 0;
   for (int k = 0; k < n; k++) {
-    int node = node_of_atom[atoms ? atoms[k] : first + k];
+    int a = atoms ? atoms[k] : first + k;
+    int node = node_of_atom[a];
+    if (ghost_shares && a >= nlocal && node < graph.n_local_nodes) node = -1;
     for (int member = 0; member < members; member++) {
       const double *row = data + (static_cast<size_t>(member) * n_nodes + node) * width;
       for (int f = 0; f < width; f++) buf[m++] = node < 0 ? 0.0 : row[f];
@@ -165,8 +183,8 @@ int PairMLIP::pack_rows(int n, const int *atoms, int first, double *buf)
   return m;
 }
 
-/* Stores (or, with add, adds) packed rows into `exchange` for the atoms
-   atoms[k] (or first + k when atoms is null). */
+/* Stores packed rows into `exchange` for the ghosts first + k (the owned
+   atoms' rows are left as they are), or adds them for the atoms atoms[k]. */
 
 void PairMLIP::unpack_rows(int n, const int *atoms, int first, const double *buf, bool add)
 {
@@ -175,7 +193,7 @@ void PairMLIP::unpack_rows(int n, const int *atoms, int first, const double *buf
   int m = 0;
   for (int k = 0; k < n; k++) {
     int node = node_of_atom[atoms ? atoms[k] : first + k];
-    if (node < 0) {
+    if (node < 0 || (!add && node < graph.n_local_nodes)) {
       m += members * width;
       continue;
     }
@@ -188,7 +206,7 @@ void PairMLIP::unpack_rows(int n, const int *atoms, int first, const double *buf
 
 int PairMLIP::pack_forward_comm(int n, int *list_, double *buf, int /*pbc_flag*/, int * /*pbc*/)
 {
-  return pack_rows(n, list_, 0, buf);    // features do not change with a periodic shift
+  return pack_rows(n, list_, 0, buf, false);    // features do not change with a periodic shift
 }
 
 void PairMLIP::unpack_forward_comm(int n, int first, double *buf)

@@ -109,17 +109,18 @@ def ghost_shares(
     """What the block of B rows from ``start`` adds to ∂E/∂features of its neighbours that have
     no rows (index ≥ ``n_rows``): (their indices ``[P]``, shares ``[P, n_in]``), one per slot.
 
-    Σ_ν s(r_ij)_ν ∂E/∂(environment of i)_{b, ν} for each such slot (i, j);
-    ``pre_gradient`` ``[R, n_out]``, ``neighbors`` ``[B, K]``, ``sensitivities``
-    ``[B, K, n_sens]``.
+    Σ_ν s(r_ij)_ν ∂E/∂(environment of i)_{b, ν} for each such slot (i, j),
+    computed for the rows that have such slots only; ``pre_gradient``
+    ``[R, n_out]``, ``neighbors`` ``[B, K]``, ``sensitivities`` ``[B, K, n_sens]``.
     """
-    slots = torch.nonzero(neighbors >= n_rows)  # padding slots point at atom 0, a row
-    rows, columns = slots[:, 0], slots[:, 1]
+    outside = neighbors >= n_rows  # padding slots point at atom 0, a row
+    rows = torch.nonzero(outside.any(1)).squeeze(1)
     n_sens = sensitivities.shape[2]
     n_in = interaction_weights.shape[0] // n_sens
     environment_gradient = (pre_gradient[start + rows] @ interaction_weights.t()).view(rows.shape[0], n_in, n_sens)
-    shares = torch.bmm(environment_gradient, sensitivities[rows, columns].unsqueeze(2)).squeeze(2)
-    return neighbors[rows, columns], shares
+    shares = torch.bmm(sensitivities.index_select(0, rows), environment_gradient.transpose(1, 2))  # [b, K, n_in]
+    slots = outside.index_select(0, rows)
+    return neighbors.index_select(0, rows)[slots], shares[slots]
 
 
 def block_reverse(
