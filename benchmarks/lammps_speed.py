@@ -24,9 +24,12 @@ interaction blocks, 20 features, 20 sensitivities, 3 atom layers, cutoff
   small random move (σ = 1e-3 Å), default Verlet skin, the ASE benchmark's
   protocol, with ``keep_freed_memory=True`` as the plugin's default
   ``keep_freed_memory yes``. LAMMPS/ASE throughput ratio (target ≥ 1).
-* **Parallel efficiency** 1 → 2 ranks = t₁ / (2 t₂), and the model graph's
-  nodes and edges summed over the 2 ranks relative to 1 rank (``compute pair
-  mlip``): the redundant work of the ghost shell.
+* **Parallel efficiency** 1 → 2 ranks = t₁ / (2 t₂) for each communication
+  scheme (``pair_style mlip comm layer`` and ``comm shell``, ``--schemes``),
+  and the model graph's nodes and edges summed over the 2 ranks relative to
+  1 rank (``compute pair mlip``): the redundant work of the ghost shell
+  (none with ``layer``, which exchanges the ghosts' features instead; the
+  share of the step spent in those exchanges is reported too).
 
 The three 1-rank measurements are interleaved in each repetition so machine
 noise hits them alike; medians are reported, and ratios of minima as the
@@ -61,8 +64,8 @@ def repeats_for(n_atoms: int) -> int:
     return round((n_atoms / 4) ** (1 / 3))
 
 
-def start(model: str, n_atoms: int):
-    """LAMMPS with the rattled fcc Al system of ``n_atoms`` atoms and pair_style mlip."""
+def start(model: str, n_atoms: int, scheme: str = "layer"):
+    """LAMMPS with the rattled fcc Al system of ``n_atoms`` atoms and ``pair_style mlip comm scheme``."""
     from mlip_md.lammps import QUIET, start_lammps
 
     k = repeats_for(n_atoms)
@@ -71,7 +74,7 @@ def start(model: str, n_atoms: int):
         "units metal", "atom_style atomic", "lattice fcc 4.05",
         f"region box block 0 {k} 0 {k} 0 {k}", "create_box 1 box", "create_atoms 1 box", "mass 1 26.98",
         "displace_atoms all random 0.05 0.05 0.05 12345 units box",
-        "pair_style mlip", f"pair_coeff * * {model} Al",
+        f"pair_style mlip comm {scheme}", f"pair_coeff * * {model} Al",
         "velocity all create 300 4928459 mom yes rot yes dist gaussian",
         "fix integrate all nve", "timestep 0.001", "compute graph all pair mlip",
         "thermo_style custom step pe c_graph[1] c_graph[2]", "thermo 100000",
@@ -81,8 +84,9 @@ def start(model: str, n_atoms: int):
 
 
 def plugin_counters(lmp) -> np.ndarray:
-    """compute pair mlip: nodes, edges (last step), model seconds, pair seconds (cumulative), over ranks."""
-    return np.ctypeslib.as_array(lmp.extract_compute("graph", 0, 1), shape=(4,)).copy()
+    """compute pair mlip over ranks: nodes, edges (last step), model seconds, pair seconds (cumulative),
+    exchanged ghosts (last step), exchange seconds (cumulative)."""
+    return np.ctypeslib.as_array(lmp.extract_compute("graph", 0, 1), shape=(6,)).copy()
 
 
 def graph_size(lmp) -> dict:
@@ -91,20 +95,24 @@ def graph_size(lmp) -> dict:
 
 
 def time_lammps(lmp, steps: int) -> tuple:
-    """Wall seconds per step, and the plugin's own model seconds per step, of one ``run``."""
-    model_before = plugin_counters(lmp)[2]
+    """Wall seconds per step, and the plugin's model and exchange seconds per step (summed over
+    ranks), of one ``run``."""
+    before = plugin_counters(lmp)
     begin = time.perf_counter()
     lmp.command(f"run {steps} pre no post no")
     step = (time.perf_counter() - begin) / steps
-    return step, (plugin_counters(lmp)[2] - model_before) / steps
+    after = plugin_counters(lmp)
+    return step, (after[2] - before[2]) / steps, (after[5] - before[5]) / steps
 
 
 def worker(args) -> None:
     """Timings of LAMMPS steps on this mpiexec's ranks; rank 0 prints JSON."""
-    lmp = start(args.model, args.size)
-    times = [time_lammps(lmp, args.steps)[0] for _ in range(args.repeats)]
+    lmp = start(args.model, args.size, args.scheme)
+    runs = [time_lammps(lmp, args.steps) for _ in range(args.repeats)]
+    ranks = lmp.extract_setting("world_size")
     if lmp.extract_setting("world_rank") == 0:
-        print(json.dumps({"step_s": times, "atoms": lmp.get_natoms(), **graph_size(lmp)}))
+        print(json.dumps({"step_s": [run[0] for run in runs], "exchange_share": [run[2] / (ranks * run[0]) for run in runs],
+                          "atoms": lmp.get_natoms(), "ghosts": float(plugin_counters(lmp)[4]), **graph_size(lmp)}))
     lmp.close()
 
 
@@ -150,7 +158,7 @@ def one_rank(model: str, n_atoms: int, steps: int, repeats: int) -> dict:
     time_model(exported, species, edge_index, vectors)
     lammps_s, inside_s, model_s, ase_s = [], [], [], []
     for _ in range(repeats):
-        step, inside = time_lammps(lmp, steps)
+        step, inside, _ = time_lammps(lmp, steps)
         lammps_s.append(step)
         inside_s.append(inside)
         model_s.append(statistics.median(time_model(exported, species, edge_index, vectors) for _ in range(steps)))
@@ -167,9 +175,10 @@ def one_rank(model: str, n_atoms: int, steps: int, repeats: int) -> dict:
             "ase_step_s": ase_s, **sizes}
 
 
-def two_ranks(model: str, n_atoms: int, steps: int, repeats: int) -> dict:
+def two_ranks(model: str, n_atoms: int, steps: int, repeats: int, scheme: str) -> dict:
     command = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2", sys.executable, __file__, "--worker",
-               "--model", model, "--size", str(n_atoms), "--steps", str(steps), "--repeats", str(repeats)]
+               "--model", model, "--size", str(n_atoms), "--steps", str(steps), "--repeats", str(repeats),
+               "--scheme", scheme]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -180,6 +189,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="MD steps per timed run (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (default 3)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--schemes", nargs="+", choices=["layer", "shell"], default=["layer", "shell"],
+                        help="pair_style mlip comm schemes timed on 2 ranks (default: both)")
+    parser.add_argument("--scheme", default="layer", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -198,24 +210,31 @@ def main() -> None:
         rows = {}
         for n_atoms in args.sizes:
             print(f"{n_atoms} atoms ...", flush=True)
-            rows[n_atoms] = {"one_rank": one_rank(model, n_atoms, args.steps, args.repeats),
-                             "two_ranks": two_ranks(model, n_atoms, args.steps, args.repeats)}
-    print(f"\n{'atoms':>6} {'LAMMPS 1 rank':>14} {'2 ranks':>10} {'model':>10} {'ASE':>10} "
-          f"{'overhead':>9} {'LAMMPS/ASE':>11} {'2-rank eff':>11}   (atom-steps/s; µs/atom-step)")
+            rows[n_atoms] = {"one_rank": one_rank(model, n_atoms, args.steps, args.repeats)}
+            for scheme in args.schemes:
+                rows[n_atoms][f"two_ranks_{scheme}"] = two_ranks(model, n_atoms, args.steps, args.repeats, scheme)
+    print(f"\n{'atoms':>6} {'LAMMPS 1 rank':>14} {'model':>10} {'ASE':>10} {'overhead':>9} {'LAMMPS/ASE':>11}"
+          "   (atom-steps/s; µs/atom-step)")
     summary = {}
     for n_atoms, row in rows.items():
         t1 = statistics.median(row["one_rank"]["lammps_step_s"])
-        t2 = statistics.median(row["two_ranks"]["step_s"])
         model_t = statistics.median(row["one_rank"]["model_call_s"])
         ase_t = statistics.median(row["one_rank"]["ase_step_s"])
         summary[n_atoms] = {
-            "lammps_1_rank_atom_steps_per_s": n_atoms / t1, "lammps_2_ranks_atom_steps_per_s": n_atoms / t2,
+            "lammps_1_rank_atom_steps_per_s": n_atoms / t1,
             "model_us_per_atom": 1e6 * model_t / n_atoms, "lammps_us_per_atom_step": 1e6 * t1 / n_atoms,
             "ase_us_per_atom_step": 1e6 * ase_t / n_atoms, "plugin_overhead": t1 / model_t - 1,
-            "lammps_over_ase_throughput": ase_t / t1, "parallel_efficiency_2_ranks": t1 / (2 * t2),
-            "two_rank_nodes_over_one": row["two_ranks"]["graph_nodes"] / row["one_rank"]["graph_nodes"],
-            "two_rank_edges_over_one": row["two_ranks"]["graph_edges"] / row["one_rank"]["graph_edges"],
+            "lammps_over_ase_throughput": ase_t / t1,
         }
+        for scheme in args.schemes:
+            two = row[f"two_ranks_{scheme}"]
+            t2 = statistics.median(two["step_s"])
+            summary[n_atoms][f"two_ranks_{scheme}"] = {
+                "atom_steps_per_s": n_atoms / t2, "parallel_efficiency": t1 / (2 * t2),
+                "nodes_over_one_rank": two["graph_nodes"] / row["one_rank"]["graph_nodes"],
+                "edges_over_one_rank": two["graph_edges"] / row["one_rank"]["graph_edges"],
+                "exchanged_ghosts": two["ghosts"], "exchange_share_of_step": statistics.median(two["exchange_share"]),
+            }
         # the same steps timed from outside and, by the plugin, inside: immune to noise between windows
         summary[n_atoms]["plugin_overhead_same_steps"] = statistics.median(
             step / inside - 1 for step, inside in zip(row["one_rank"]["lammps_step_s"], row["one_rank"]["model_inside_lammps_s"]))
@@ -225,16 +244,21 @@ def main() -> None:
         summary[n_atoms]["lammps_over_ase_from_minima"] = (
             min(row["one_rank"]["ase_step_s"]) / min(row["one_rank"]["lammps_step_s"]))
         s = summary[n_atoms]
-        print(f"{n_atoms:6d} {n_atoms / t1:14.0f} {n_atoms / t2:10.0f} {1e6 * model_t / n_atoms:9.1f}µ "
-              f"{1e6 * ase_t / n_atoms:9.1f}µ {100 * s['plugin_overhead']:8.1f}% {s['lammps_over_ase_throughput']:10.2f}x "
-              f"{100 * s['parallel_efficiency_2_ranks']:10.0f}%")
+        print(f"{n_atoms:6d} {n_atoms / t1:14.0f} {1e6 * model_t / n_atoms:9.1f}µ "
+              f"{1e6 * ase_t / n_atoms:9.1f}µ {100 * s['plugin_overhead']:8.1f}% {s['lammps_over_ase_throughput']:10.2f}x")
         print(f"{'':6} overhead over the model time the plugin measures in the same steps: "
               f"{100 * s['plugin_overhead_same_steps']:.1f}%")
         print(f"{'':6} from minima: overhead {100 * s['plugin_overhead_from_minima']:.1f}%, LAMMPS/ASE "
-              f"{s['lammps_over_ase_from_minima']:.2f}x; 2 ranks evaluate {s['two_rank_nodes_over_one']:.2f}x the "
-              f"nodes and {s['two_rank_edges_over_one']:.2f}x the edges of 1 rank")
+              f"{s['lammps_over_ase_from_minima']:.2f}x")
+        for scheme in args.schemes:
+            two = s[f"two_ranks_{scheme}"]
+            print(f"{'':6} 2 ranks, comm {scheme}: {two['atom_steps_per_s']:.0f} atom-steps/s, efficiency "
+                  f"{100 * two['parallel_efficiency']:.0f}%; {two['nodes_over_one_rank']:.2f}x the nodes and "
+                  f"{two['edges_over_one_rank']:.2f}x the edges of 1 rank, {two['exchanged_ghosts']:.0f} ghosts "
+                  f"exchanged per block ({100 * two['exchange_share_of_step']:.1f}% of the step)")
     save_report("lammps_speed", __doc__.split("\n")[0],
                 {"sizes": args.sizes, "steps": args.steps, "repeats": args.repeats, "dtype": args.dtype,
+                 "schemes": args.schemes,
                  "architecture": ARCHITECTURE},
                 environment(), raw=rows, summary=summary)
 

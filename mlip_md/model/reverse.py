@@ -118,9 +118,10 @@ def ghost_shares(
     n_sens = sensitivities.shape[2]
     n_in = interaction_weights.shape[0] // n_sens
     environment_gradient = (pre_gradient[start + rows] @ interaction_weights.t()).view(rows.shape[0], n_in, n_sens)
-    shares = torch.bmm(sensitivities.index_select(0, rows), environment_gradient.transpose(1, 2))  # [b, K, n_in]
+    # [b, n_in, K]: MKL runs this orientation about twice as fast as [b, K, n_in]
+    shares = torch.bmm(environment_gradient, sensitivities.index_select(0, rows).transpose(1, 2))
     slots = outside.index_select(0, rows)
-    return neighbors.index_select(0, rows)[slots], shares[slots]
+    return neighbors.index_select(0, rows)[slots], shares.transpose(1, 2)[slots]
 
 
 def block_reverse(
