@@ -223,8 +223,8 @@ int PairMLIP::neighbors_within(int i)
   return n_within;
 }
 
-/* comm shell and one rank: the model graph, built by breadth-first search from the owned atoms over
-   edges shorter than the cutoff. A node is an atom ID (tag): the first copy of
+/* comm shell and one rank: the model graph, built by breadth-first search
+   from the owned atoms over edges shorter than the cutoff. A node is an atom ID (tag): the first copy of
    an atom that the search reaches stands for all its copies (periodic images
    have the same environment, hence the same features), so on one rank the
    model runs on the owned atoms only, and on several ranks on the owned atoms
@@ -321,9 +321,8 @@ void PairMLIP::compute(int eflag, int vflag)
   pvector[3] += seconds_since(start);
 }
 
-/* Runs the model on the graph. Returns float64 CPU tensors: the mean per-atom
-   energies of the owned nodes [n_local], the mean edge gradients dE/dr_e
-   [E, 3] and, for ensembles, each member's edge gradients [M, E, 3]. */
+/* The graph as the model's inputs: species [n_nodes], edge_index [2, E],
+   edge_vectors [E, 3] in the model's dtype. */
 
 PairMLIP::GraphTensors PairMLIP::graph_tensors()
 {
@@ -341,6 +340,8 @@ PairMLIP::GraphTensors PairMLIP::graph_tensors()
       torch::from_blob(graph.edge_vectors.data(), {n_edges, 3}, torch::kFloat64).to(model->dtype);
   return {species, edge_index, vectors};
 }
+
+/* comm shell and one rank: runs the model once on the graph (see summarize). */
 
 PairMLIP::Evaluation PairMLIP::evaluate()
 {
@@ -362,7 +363,10 @@ PairMLIP::Evaluation PairMLIP::evaluate()
 }
 
 /* The Evaluation from each member's per-atom energies of the owned nodes
-   [M, n_local_nodes] and edge gradients [M, E, 3], after checking their shapes. */
+   [M, n_local_nodes] and edge gradients [M, E, 3], after checking their
+   shapes: contiguous CPU tensors of the mean per-atom energies (float64), the
+   mean edge gradients dE/dr_e (the model's dtype) and, for ensembles, each
+   member's edge gradients (float64). */
 
 PairMLIP::Evaluation PairMLIP::summarize(const torch::Tensor &energies, const torch::Tensor &member_gradients)
 {
