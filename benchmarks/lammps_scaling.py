@@ -115,8 +115,8 @@ parallel efficiency:
   the scheme's own cost; "padded": the current layout); for the layer scheme
   (rows for the owned atoms only) they coincide. The layer scheme also pays,
   in every block after the first, for each owned atom within r_c of a
-  divided wall, its environment gradient and its shares for all k slots,
-  which go to the ghosts' owners (``ghost_share_ops``).
+  divided wall, its shares of its ghost neighbours' gradients, which go to
+  their owners (``ghost_share_ops``: counted for all k slots, an upper bound).
 * communication per exchange = messages · latency + bytes / bandwidth +
   2 · bytes / copy bandwidth (packed into and unpacked from buffers), with
   messages = 2 per divided direction and swap (more than one swap where g
@@ -449,10 +449,9 @@ def operations(setup: Setup, n_species: int = 1) -> Tuple[float, float]:
 
 def ghost_share_ops(setup: Setup, k: int) -> float:
     """Extra multiply-adds of the layer scheme per owned row with ghost neighbours: in the reverse
-    pass of every block after the first, the row's environment gradient (F·S·F) and its shares
-    for all k slots (k·S·F), of which the ghosts' are sent to their owners."""
-    S, F = setup.sensitivities, setup.features
-    return setup.ensemble * (setup.layers - 1) * (F * S * F + k * S * F)
+    pass of every block after the first, the row's shares for the ghosts, computed for as many
+    slots as the most of any row in its block has ghosts (bounded here by all k), S·F each."""
+    return setup.ensemble * (setup.layers - 1) * k * setup.sensitivities * setup.features
 
 
 @dataclass

@@ -64,7 +64,8 @@ def interaction_reverse(
     radial_coefficients: torch.Tensor,
     input_gradient: bool,
     uniform_input: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    n_rows: int = -1,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reverse pass of the neighbour part of :meth:`~mlip_md.model.layers.Interaction.pre_activation` for the
     block of B atoms from ``start``.
 
@@ -77,13 +78,17 @@ def interaction_reverse(
         radial_coefficients: the layer's sensitivity coefficients ``[4, n_sens]``.
         input_gradient: also return ∂E/∂features of the block's atoms.
         uniform_input: every input feature is 1 (see :class:`~mlip_md.model.layers.BlockState`).
+        n_rows: ≥ 0 when only the first ``n_rows`` atoms have rows (see
+            :mod:`mlip_md.model.layered`); ``pre_gradient`` is then zero beyond them.
 
     Returns ∂E/∂(1/r², 1/r, 1, log φ_cut) ``[4, B, K]`` and, if ``input_gradient``,
     the neighbour-sum part of ∂E/∂features ``[B, n_in]`` (else an empty tensor).
     The latter uses the symmetry of the full neighbour list: atom j receives
     Σ_i s(r_ij) ∂E/∂(environment of i) over the atoms i that list j, and
     these are the atoms j lists, at the same distances. So it is again a
-    neighbour sum, over j's own row, with no scatter.
+    neighbour sum, over j's own row, with no scatter. With ``n_rows`` ≥ 0,
+    also the shares of the atoms without rows (:func:`ghost_shares`): their
+    indices ``[P]`` and ``[P, n_in]`` (else empty tensors).
 
     Below the exponent floor a sensitivity is constant and its true
     derivative 0; this pass uses the floor's sensitivity (2^−115 in float64,
@@ -96,32 +101,47 @@ def interaction_reverse(
     environment_gradient = (block_gradient @ interaction_weights.t()).view(n_block, n_in, sensitivities.shape[2])
     neighbor_features = None if uniform_input else gather_neighbors(features, neighbors)
     radial_gradient = radial_reverse(environment_gradient, neighbor_features, sensitivities, radial_coefficients)
+    no_atoms = torch.empty(0, dtype=torch.long, device=features.device)
     if not input_gradient:
-        return radial_gradient, torch.empty(0, dtype=features.dtype, device=features.device)
+        return radial_gradient, features.new_empty(0), no_atoms, features.new_empty(0)
     environments = neighbor_sum(sensitivities, gather_neighbors(pre_gradient, neighbors))  # [B, n_out, n_sens]
-    return radial_gradient, environments.reshape(n_block, -1) @ transposed_weights
+    own = environments.reshape(n_block, -1) @ transposed_weights
+    if n_rows < 0:
+        return radial_gradient, own, no_atoms, features.new_empty(0)
+    atoms, shares = ghost_shares(environment_gradient, neighbors, sensitivities, n_rows)
+    return radial_gradient, own, atoms, shares
 
 
 def ghost_shares(
-    pre_gradient: torch.Tensor, start: int, neighbors: torch.Tensor, sensitivities: torch.Tensor,
-    interaction_weights: torch.Tensor, n_rows: int,
+    environment_gradient: torch.Tensor, neighbors: torch.Tensor, sensitivities: torch.Tensor, n_rows: int
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """What the block of B rows from ``start`` adds to ∂E/∂features of its neighbours that have
-    no rows (index ≥ ``n_rows``): (their indices ``[P]``, shares ``[P, n_in]``), one per slot.
+    """What a block of B rows adds to ∂E/∂features of its neighbours that have no rows (index ≥
+    ``n_rows``): (their indices ``[P]``, shares ``[P, n_in]``), one per such slot (i, j):
+    Σ_ν s(r_ij)_ν ∂E/∂(environment of i)_{b, ν}.
 
-    Σ_ν s(r_ij)_ν ∂E/∂(environment of i)_{b, ν} for each such slot (i, j),
-    computed for the rows that have such slots only; ``pre_gradient``
-    ``[R, n_out]``, ``neighbors`` ``[B, K]``, ``sensitivities`` ``[B, K, n_sens]``.
+    ``environment_gradient`` ``[B, n_in, n_sens]``, ``neighbors`` ``[B, K]``,
+    ``sensitivities`` ``[B, K, n_sens]``. Only the rows that have such slots
+    take part, each with its G such slots gathered first (G: the most of any
+    row), so the product costs G, not K, slots a row.
     """
     outside = neighbors >= n_rows  # padding slots point at atom 0, a row
-    rows = torch.nonzero(outside.any(1)).squeeze(1)
-    n_sens = sensitivities.shape[2]
-    n_in = interaction_weights.shape[0] // n_sens
-    environment_gradient = (pre_gradient[start + rows] @ interaction_weights.t()).view(rows.shape[0], n_in, n_sens)
-    # [b, n_in, K]: MKL runs this orientation about twice as fast as [b, K, n_in]
-    shares = torch.bmm(environment_gradient, sensitivities.index_select(0, rows).transpose(1, 2))
-    slots = outside.index_select(0, rows)
-    return neighbors.index_select(0, rows)[slots], shares.transpose(1, 2)[slots]
+    counts = outside.sum(1)
+    rows = torch.nonzero(counts).squeeze(1)
+    n_in, n_sens = environment_gradient.shape[1], environment_gradient.shape[2]
+    if rows.shape[0] == 0:
+        return rows, environment_gradient.new_empty(0, n_in)
+    width = neighbors.shape[1]
+    counts = counts.index_select(0, rows)
+    # each row's outside slots first, in slot order (a stable sort of 0 = outside, 1 = inside)
+    inside = (~outside.index_select(0, rows)).to(torch.uint8)
+    columns = torch.argsort(inside, dim=1, stable=True)[:, : int(counts.max())]  # [b, G]
+    slots = (rows.unsqueeze(1) * width + columns).reshape(-1)
+    gathered = sensitivities.reshape(-1, n_sens).index_select(0, slots).view(rows.shape[0], -1, n_sens)  # [b, G, S]
+    # [b, n_in, G]: MKL runs this orientation about twice as fast as [b, G, n_in]
+    shares = torch.bmm(environment_gradient.index_select(0, rows), gathered.transpose(1, 2))
+    valid = torch.arange(columns.shape[1], device=rows.device) < counts.unsqueeze(1)
+    atoms = neighbors.reshape(-1).index_select(0, slots).view(columns.shape)
+    return atoms[valid], shares.transpose(1, 2)[valid]
 
 
 def block_reverse(
@@ -153,18 +173,16 @@ def block_reverse(
     ghost_parts: List[torch.Tensor] = []
     for index, start in enumerate(range(0, n_rows, rows)):
         block_neighbors = neighbors[start : start + rows]
-        radial, neighbor_part = interaction_reverse(
+        radial, neighbor_part, atoms, shares = interaction_reverse(
             gathered, state.features, start, block_neighbors, state.sensitivities[index],
             weights, transposed, state.coefficients, state.input_gradient, state.uniform_input,
+            n_rows if partial else -1,
         )
         # Summed over the levels block by block, while each block is still in cache.
         summed.append(radial if len(radial_blocks) == 0 else radial_blocks[index] + radial)
         neighbor_parts.append(neighbor_part)
-        if partial:
-            atoms, shares = ghost_shares(pre_gradient, start, block_neighbors, state.sensitivities[index], weights,
-                                         n_rows)
-            ghost_atoms.append(atoms)
-            ghost_parts.append(shares)
+        ghost_atoms.append(atoms)
+        ghost_parts.append(shares)
     if not state.input_gradient:
         return pre_gradient.new_empty(0), summed
     # self-interaction part plus neighbour part
