@@ -223,6 +223,18 @@ int PairMLIP::neighbors_within(int i)
   return n_within;
 }
 
+/* d = x_j - x_i (Angstrom) for atoms i and j; stops the run if they coincide. */
+
+void PairMLIP::pair_vector(int i, int j, double *d)
+{
+  const double *xi = atom->x[i], *xj = atom->x[j];
+  for (int k = 0; k < 3; k++) d[k] = xj[k] - xi[k];
+  double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+  if (r2 < 1e-16)
+    error->one(FLERR, "pair_style mlip: atoms ID {} and ID {} sit on top of each other (distance {:.2g} A)",
+               atom->tag[i], atom->tag[j], std::sqrt(r2));
+}
+
 /* comm shell and one rank: the model graph, built by breadth-first search
    from the owned atoms over edges shorter than the cutoff. A node is an atom ID (tag): the first copy of
    an atom that the search reaches stands for all its copies (periodic images
@@ -239,7 +251,6 @@ void PairMLIP::build_graph()
   int nall = nlocal + atom->nghost;
   int *type = atom->type;
   tagint *tag = atom->tag;
-  const double *x = atom->x[0];
   auto in_model = [&](int a) { return species_of_type[type[a]] >= 0; };
 
   row_of_atom.assign(nall, -1);
@@ -260,17 +271,12 @@ void PairMLIP::build_graph()
         error->one(FLERR, "pair_style mlip: atom ID {} is {} hops from an owned atom but has no neighbour list",
                    tag[i], hop);
       int *neighbors = list->firstneigh[i];
-      const double *xi = x + 3 * i;
       int n_within = neighbors_within(i);
       for (int w = 0; w < n_within; w++) {
         int j = neighbors[within[w]] & NEIGHMASK;
         if (!in_model(j)) continue;
-        const double *xj = x + 3 * j;
-        double d[3] = {xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]};
-        double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-        if (r2 < 1e-16)
-          error->one(FLERR, "pair_style mlip: atoms ID {} and ID {} sit on top of each other (distance {:.2g} A)",
-                     tag[i], tag[j], std::sqrt(r2));
+        double d[3];
+        pair_vector(i, j, d);
         int &target = node_of_tag.slot(tag[j]);
         if (target < 0) graph.add_node(j, target);
         // owned atoms take their forces directly; ghosts of other ranks' atoms by reverse communication

@@ -123,6 +123,7 @@ class PairMLIP : public Pair {
   void allocate();
   void grow_peratom();
   int neighbors_within(int i);
+  void pair_vector(int i, int j, double *d);
   void build_graph();
   void build_layer_graph();
   struct Evaluation {                  // contiguous CPU tensors

@@ -18,7 +18,6 @@
 #include <torch/torch.h>
 
 #include <chrono>
-#include <cmath>
 
 using namespace LAMMPS_NS;
 
@@ -35,7 +34,6 @@ void PairMLIP::build_layer_graph()
   int nall = nlocal + atom->nghost;
   int *type = atom->type;
   tagint *tag = atom->tag;
-  const double *x = atom->x[0];
 
   graph.clear();
   node_of_atom.assign(nall, -1);
@@ -63,17 +61,12 @@ void PairMLIP::build_layer_graph()
     if (row_of_atom[i] < 0)
       error->one(FLERR, "pair_style mlip: owned atom ID {} has no neighbour list", tag[i]);
     int *neighbors = list->firstneigh[i];
-    const double *xi = x + 3 * i;
     int n_within = neighbors_within(i);
     for (int w = 0; w < n_within; w++) {
       int j = neighbors[within[w]] & NEIGHMASK;
       if (node_of_atom[j] < 0) continue;
-      const double *xj = x + 3 * j;
-      double d[3] = {xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]};
-      double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-      if (r2 < 1e-16)
-        error->one(FLERR, "pair_style mlip: atoms ID {} and ID {} sit on top of each other (distance {:.2g} A)",
-                   tag[i], tag[j], std::sqrt(r2));
+      double d[3];
+      pair_vector(i, j, d);
       int target = node_of_atom[j];
       // an image of an owned atom takes its force directly, other ghosts through LAMMPS's reverse communication
       graph.add_edge(node, target, i, target < graph.n_local_nodes ? graph.node_atom[target] : j, d);
