@@ -25,7 +25,6 @@ class DeployedEnsemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.cutoff = members[0].cutoff
-        self.n_features = members[0].n_features
 
     def _within_cutoff(
         self, edge_index: torch.Tensor, edge_vectors: torch.Tensor
