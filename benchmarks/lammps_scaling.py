@@ -68,8 +68,8 @@ Validation here
 ---------------
 fcc Al (a = 4.05 Å, 4k³ atoms; 4,000 and 32,000 by default), rattled by
 0.05 Å as in ``lammps_speed.py``, metal units, skin 2 Å, on 1, 2 and 4 ranks
-(``mpiexec -n R`` of this script in ``--worker`` mode) for each scheme the
-plugin accepts, with a float32 export of ``mlip_md.HIPNN(["Al"],
+(``mpiexec -n R`` of this script in ``--worker`` mode) for each scheme
+(``comm shell`` and ``comm layer``), with a float32 export of ``mlip_md.HIPNN(["Al"],
 **ARCHITECTURE)`` (``lammps_speed.py``'s: 2 layers, r_c = 6 Å, 20 features,
 20 sensitivities, 3 dense layers). The processor grid is LAMMPS's own choice
 for the box (``lammps_grid``, its ``ProcMap`` rule: the factorisation with
@@ -78,14 +78,14 @@ the least subdomain surface, first in LAMMPS's order: 1×1×2 for 2 ranks,
 subdomains, and read back (``extract_global("procgrid")``). After ``run 2``
 (first neighbour list, first torch calls) and ``--repeats`` runs of
 ``--steps`` steps, ``compute pair mlip`` gives the nodes, edges (and, for
-the layer scheme, exchanged ghosts and exchange seconds: entries 5 and 6,
-read when the vector has them) summed over ranks, printed against the
+the layer scheme, exchanged ghosts and exchange seconds) summed over ranks,
+printed against the
 prediction, and the model seconds per step and rank (least of the runs: the
 machine may be shared) against the work model below, where ranks ≤ cores.
 The layer scheme's exchange seconds (c[6]) include waiting for the slower
 neighbour, so here they measure imbalance more than transfer; they are
-printed per ghost and exchange, not used. A scheme that ``pair_style``
-refuses is reported and skipped.
+printed per ghost and exchange, not used. The system is
+``lammps_speed.py``'s (``start``), timed by its ``time_lammps``.
 
 Extrapolation
 -------------
@@ -156,10 +156,9 @@ from typing import Dict, List, Optional, Sequence, Tuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lammps_speed import ARCHITECTURE, repeats_for  # noqa: E402
+from lammps_speed import ARCHITECTURE, plugin_counters, repeats_for, start, time_lammps  # noqa: E402
 
 SCHEMES = ("shell", "layer")
-COMPUTE = "graph"
 HIGHLIGHT = (1024, 1_000_000)  # the size of the ANI-Al paper's runs (1.3M atoms)
 
 
@@ -493,75 +492,26 @@ def efficiency(setup: Setup, counts: Dict[str, float], k: int, seconds_per_op: f
 
 # ---------------------------------------------------------------- LAMMPS
 
-def read_counters(lmp) -> List[float]:
-    """compute pair mlip's global vector (4 entries, 6 with the layer scheme's), summed over ranks."""
-    from lammps import LMP_SIZE_VECTOR, LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
-
-    size = lmp.extract_compute(COMPUTE, LMP_STYLE_GLOBAL, LMP_SIZE_VECTOR) or 4
-    vector = lmp.extract_compute(COMPUTE, LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
-    return [float(vector[i]) for i in range(size)]
-
-
 def worker(args) -> None:
     """One validation run on this mpiexec's ranks; rank 0 prints JSON."""
-    from mlip_md.lammps import QUIET, start_lammps
-
-    k = repeats_for(args.size)
-    lmp = start_lammps(QUIET)
-    lmp.commands_list([
-        "units metal", "atom_style atomic", f"processors {args.grid}", f"lattice fcc {args.lattice}",
-        f"region box block 0 {k} 0 {k} 0 {k}", "create_box 1 box", "create_atoms 1 box", "mass 1 26.98",
-        f"displace_atoms all random {args.rattle} {args.rattle} {args.rattle} 12345 units box",
-        f"neighbor {args.skin} bin", f"pair_style mlip {args.pair_options}".rstrip(), f"pair_coeff * * {args.model} Al",
-        "velocity all create 300 4928459 mom yes rot yes dist gaussian",
-        "fix integrate all nve", "timestep 0.001", f"compute {COMPUTE} all pair mlip",
-        f"thermo_style custom step pe c_{COMPUTE}[1]", "thermo 100000",
-    ])
-    lmp.command("run 2")  # first neighbour list, first torch calls
-    model_s, exchange_s, step_s = [], [], []
-    for _ in range(args.repeats):
-        before = read_counters(lmp)
-        begin = time.perf_counter()
-        lmp.command(f"run {args.steps} pre no post no")
-        step_s.append((time.perf_counter() - begin) / args.steps)
-        after = read_counters(lmp)
-        # summed over ranks: seconds per step and rank
-        model_s.append((after[2] - before[2]) / args.steps / lmp.extract_setting("world_size"))
-        if len(after) >= 6:
-            exchange_s.append((after[5] - before[5]) / args.steps / lmp.extract_setting("world_size"))
+    lmp = start(args.model, args.size, args.scheme, settings=[f"processors {args.grid}", f"neighbor {args.skin} bin"],
+                lattice=args.lattice, rattle=args.rattle)
+    runs = [time_lammps(lmp, args.steps) for _ in range(args.repeats)]
+    ranks = lmp.extract_setting("world_size")
     if lmp.extract_setting("world_rank") == 0:
         print(json.dumps({"atoms": lmp.get_natoms(), "grid": list(lmp.extract_global("procgrid")),
-                          "box": [hi - lo for lo, hi in zip(*lmp.extract_box()[:2])], "counters": after,
-                          "model_s_per_rank": model_s, "exchange_s_per_rank": exchange_s, "step_s": step_s}))
+                          "box": [hi - lo for lo, hi in zip(*lmp.extract_box()[:2])],
+                          "counters": plugin_counters(lmp).tolist(),
+                          "model_s_per_rank": [run[1] / ranks for run in runs],
+                          "exchange_s_per_rank": [run[2] / ranks for run in runs],
+                          "step_s": [run[0] for run in runs]}))
     lmp.close()
 
 
-def accepted_schemes() -> Dict[str, Optional[str]]:
-    """For each scheme, the pair_style options that select it, or None if pair_style refuses it
-    (the reason printed); ``shell`` falls back to plain ``pair_style mlip`` without a comm option."""
-    from mlip_md.lammps import QUIET, start_lammps
-
-    lmp = start_lammps(QUIET)
-    lmp.commands_list(["units metal", "atom_style atomic", "region probe block 0 10 0 10 0 10 units box",
-                       "create_box 1 probe"])
-    options: Dict[str, Optional[str]] = {}
-    for scheme in SCHEMES:
-        try:
-            lmp.command(f"pair_style mlip comm {scheme}")
-            options[scheme] = f"comm {scheme}"
-        except Exception as error:  # LAMMPS raises its own exception class
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            options[scheme] = "" if scheme == "shell" else None
-            if scheme == "layer":
-                print(f"the layer scheme is unavailable (pair_style mlip comm layer: {reason}); skipping it")
-    lmp.close()
-    return options
-
-
-def run_worker(model: str, size: int, ranks: int, grid, options: str, args) -> dict:
+def run_worker(model: str, size: int, ranks: int, grid, scheme: str, args) -> dict:
     command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), sys.executable, __file__, "--worker",
                "--model", model, "--size", str(size), "--grid", " ".join(map(str, grid)),
-               "--pair-options", options, "--steps", str(args.steps), "--repeats", str(args.repeats),
+               "--scheme", scheme, "--steps", str(args.steps), "--repeats", str(args.repeats),
                "--lattice", str(args.lattice),
                "--skin", str(args.skin), "--rattle", str(args.rattle)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -585,16 +535,13 @@ def validate(setup: Setup, terms: HopTerms, k: int, args) -> List[dict]:
     with tempfile.TemporaryDirectory() as directory:
         model = mlip_md.export(members if setup.ensemble > 1 else members[0], Path(directory) / "al.pt",
                                dtype="float32")
-        schemes = accepted_schemes()
         for size, scheme, ranks in itertools.product(args.sizes, SCHEMES, args.ranks):
-            if schemes[scheme] is None:
-                continue
             k_cells = repeats_for(size)
             box = [k_cells * setup.lattice_constant] * 3
             grid = lammps_grid(ranks, box)
             print(f"{4 * k_cells ** 3} atoms, {scheme}, {ranks} rank(s) {'×'.join(map(str, grid))} ...", flush=True)
             try:
-                measured = run_worker(model, size, ranks, grid, schemes[scheme], args)
+                measured = run_worker(model, size, ranks, grid, scheme, args)
             except (RuntimeError, subprocess.TimeoutExpired) as error:
                 print(f"  failed: {error}")
                 rows.append({"atoms": 4 * k_cells ** 3, "scheme": scheme, "ranks": ranks, "error": str(error)})
@@ -626,7 +573,7 @@ def validation_table(rows: List[dict], setup: Setup, k: int, seconds_per_op: flo
         nodes_key, edges_key = f"{row['scheme']}_nodes", f"{row['scheme']}_edges"
         # one rank runs the model once on its atoms; the shell scheme exchanges no features
         predicted_ghosts = p["layer_ghosts"] if row["scheme"] == "layer" and row["ranks"] > 1 else 0.0
-        measured_ghosts = counters[4] if len(counters) >= 6 else None
+        measured_ghosts = counters[4]
         model_s = min(measured["model_s_per_rank"])
         predicted_s = seconds_per_op * (node_ops * p[nodes_key] + edge_ops * p[edges_key]) / row["ranks"]
         padded_s = seconds_per_op * (node_ops + k * edge_ops) * p[nodes_key] / row["ranks"]
@@ -640,13 +587,10 @@ def validation_table(rows: List[dict], setup: Setup, k: int, seconds_per_op: flo
         ratios[f"{row['atoms']}_{row['scheme']}_{row['ranks']}"] = ratio
         row.update(predicted_ghosts=predicted_ghosts, predicted_model_s_per_rank=predicted_s,
                    predicted_padded_model_s_per_rank=padded_s)
-        if measured_ghosts is None:
-            ghosts = f"{predicted_ghosts:11.0f} {'-':>10} {'-':>6}"
-        else:
-            ghost_ratio = f"{ratio['ghosts']:6.3f}" if "ghosts" in ratio else f"{'-':>6}"
-            ghosts = f"{predicted_ghosts:11.0f} {measured_ghosts:10.0f} {ghost_ratio}"
+        ghost_ratio = f"{ratio['ghosts']:6.3f}" if "ghosts" in ratio else f"{'-':>6}"
+        ghosts = f"{predicted_ghosts:11.0f} {measured_ghosts:10.0f} {ghost_ratio}"
         note = "  (ranks > cores: time shared)" if oversubscribed else ""
-        if measured["exchange_s_per_rank"] and counters[4] > 0:
+        if counters[4] > 0:
             exchange = min(measured["exchange_s_per_rank"])
             per_ghost = exchange / (2 * (setup.layers - 1) * counters[4] / row["ranks"])
             note += f"  exchanges {1e3 * exchange:.2f} ms/step/rank, {1e9 * per_ghost:.0f} ns per ghost and exchange"
@@ -794,7 +738,7 @@ def main() -> None:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--grid", help=argparse.SUPPRESS)
-    parser.add_argument("--pair-options", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--scheme", choices=SCHEMES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)

@@ -64,16 +64,18 @@ def repeats_for(n_atoms: int) -> int:
     return round((n_atoms / 4) ** (1 / 3))
 
 
-def start(model: str, n_atoms: int, scheme: str = "layer"):
-    """LAMMPS with the rattled fcc Al system of ``n_atoms`` atoms and ``pair_style mlip comm scheme``."""
+def start(model: str, n_atoms: int, scheme: str = "layer", settings=(), lattice: float = 4.05, rattle: float = 0.05):
+    """LAMMPS with the fcc Al system of ``n_atoms`` atoms rattled by ``rattle`` Å and
+    ``pair_style mlip comm scheme``; ``settings`` are commands put before the box is made
+    (e.g. ``processors``, ``neighbor``)."""
     from mlip_md.lammps import QUIET, start_lammps
 
     k = repeats_for(n_atoms)
     lmp = start_lammps(QUIET)
     lmp.commands_list([
-        "units metal", "atom_style atomic", "lattice fcc 4.05",
+        "units metal", "atom_style atomic", *settings, f"lattice fcc {lattice}",
         f"region box block 0 {k} 0 {k} 0 {k}", "create_box 1 box", "create_atoms 1 box", "mass 1 26.98",
-        "displace_atoms all random 0.05 0.05 0.05 12345 units box",
+        f"displace_atoms all random {rattle} {rattle} {rattle} 12345 units box",
         f"pair_style mlip comm {scheme}", f"pair_coeff * * {model} Al",
         "velocity all create 300 4928459 mom yes rot yes dist gaussian",
         "fix integrate all nve", "timestep 0.001", "compute graph all pair mlip",
