@@ -46,7 +46,7 @@ void PairMLIP::build_layer_graph()
   graph.n_local_nodes = graph.n_nodes();
   for (int a = nlocal; a < nall; a++) {
     if (species_of_type[type[a]] < 0) continue;
-    int owned = node_of_tag.slot(tag[a]);
+    int owned = node_of_tag.find(tag[a]);
     if (owned >= 0)
       node_of_atom[a] = owned;
     else

@@ -27,6 +27,14 @@ class TagMap {
     if (use_dense && static_cast<LAMMPS_NS::tagint>(dense.size()) <= max_tag) dense.resize(max_tag + 1, -1);
   }
 
+  // the value stored for `tag`, -1 if none (stores nothing)
+  int find(LAMMPS_NS::tagint tag) const
+  {
+    if (use_dense) return dense[tag];
+    auto found = sparse.find(tag);
+    return found == sparse.end() ? -1 : found->second;
+  }
+
   // the value stored for `tag`, -1 if none yet; assignable
   int &slot(LAMMPS_NS::tagint tag)
   {
