@@ -149,14 +149,13 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Dict, List, Optional, Sequence, Tuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lammps_speed import ARCHITECTURE, plugin_counters, repeats_for, start, time_lammps  # noqa: E402
+from lammps_speed import ARCHITECTURE, plugin_counters, repeats_for, start, time_lammps, time_model  # noqa: E402
 
 SCHEMES = ("shell", "layer")
 HIGHLIGHT = (1024, 1_000_000)  # the size of the ANI-Al paper's runs (1.3M atoms)
@@ -640,13 +639,8 @@ def calibrate_in_process(setup: Setup, k: int, size: int = 4000, calls: int = 5)
     species = torch.zeros(len(atoms), dtype=torch.long)
     edge_index = torch.as_tensor(nl.edge_index)
     vectors = torch.as_tensor(nl.vectors, dtype=exported.dtype)
-    times = []
-    with torch.no_grad(), torch.jit.optimized_execution(False):
-        for _ in range(calls + 2):  # the first calls compile
-            begin = time.perf_counter()
-            exported.module.energies_and_gradients(species, edge_index, vectors, len(atoms))
-            times.append(time.perf_counter() - begin)
-    seconds = statistics.median(times[2:])
+    times = [time_model(exported, species, edge_index, vectors) for _ in range(calls + 2)]
+    seconds = statistics.median(times[2:])  # the first calls compile
     node_ops, edge_ops = operations(setup)
     ops = len(atoms) * node_ops + edge_index.shape[1] * edge_ops
     return seconds / ops, (f"exported module in this process, {len(atoms)} atoms: "
